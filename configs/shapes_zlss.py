@@ -1,0 +1,94 @@
+"""Zero-label segmentation on the embedded shapes benchmark (CPU, a few minutes).
+
+Run:
+  python -m spnet_jax.main --config configs/shapes_zlss.py --workdir /tmp/spnet_shapes
+Override any field, e.g. `--config.train.num_steps=200 --config.data.split=block`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """SPNet (projection head, cross-entropy) with a tiny dilated net trained from scratch."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds initialisation, data order and augmentation.
+  config.mode = "train_and_evaluate"  # Or 'evaluate': restore the workdir's checkpoint only.
+
+  config.data = data = ml_collections.ConfigDict()
+  data.name = "shapes"  # Dataset: 'shapes' (embedded), 'coco_stuff', 'voc_sbd'.
+  data.split = "default"  # Class split: 'default' or 'block' (see spnet_jax/data/splits.py).
+  data.builder_config = "default"  # TFDS builder config ('tiny' for tests).
+  data.data_dir = ""  # TFDS folder; '' means $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  data.auto_prepare = True  # Generate the shapes dataset on first use.
+  data.image_mode = "minus_one_one"  # Input convention (pipeline.IMAGE_MODES).
+  data.train_split = "train"  # TFDS split trained on.
+  data.cache = True  # Keep decoded training images in memory (small datasets only).
+  data.shuffle_buffer = 2048  # Examples in the shuffle buffer.
+  data.init_image_size = 64  # Image side used to initialise parameters (any valid size).
+  data.train = ml_collections.ConfigDict()
+  data.train.warp_size = 0  # Resize to this square size first (0: keep).
+  data.train.min_scale = 1.0  # Random rescale range (1.0, 1.0: off).
+  data.train.max_scale = 1.0
+  data.train.crop_size = 0  # Pad (ignore label) and random-crop to this size (0: off).
+  data.train.flip = True  # Random horizontal flip.
+  data.eval = ml_collections.ConfigDict()
+  data.eval.warp_size = 0  # Evaluate at this square size (0: native resolution).
+
+  config.embeddings = emb = ml_collections.ConfigDict()
+  emb.source = "attributes"  # 'attributes' (shapes) or 'npy'.
+  emb.paths = ""  # Comma-separated .npy files (source='npy'), one row per label value.
+  emb.extra_dim = 0  # Shapes: append a fixed random projection of this width to the attributes.
+  emb.seed = 0  # Seed of that projection.
+
+  config.model = model = ml_collections.ConfigDict()
+  model.backbone = "tiny"  # 'resnet101', 'vgg16' or 'tiny'.
+  model.width = 48  # Tiny backbone channels.
+  model.dilations = (1, 2, 4, 8)  # Tiny backbone: one residual block per dilation.
+  model.embedding_head = "aspp"  # 'aspp', 'aspp_l' or 'conv1x1': emits d_w channels.
+  model.aspp_rates = (1, 2)  # Dilations of the ASPP branches (at output stride 4).
+  model.classifier = "projection"  # 'projection' (SPNet) or 'learned' (DeepLab baseline).
+  model.learned_head_width = 0  # Learned classifier: feature width before it (0: d_w).
+  model.msc_scales = ()  # Extra multi-scale input scales (SPNet: (0.5, 0.75)); () is off.
+  model.dtype = "float32"  # Compute dtype ('bfloat16' on TPU/GPU); parameters stay float32.
+
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.name = "cross_entropy"  # 'cross_entropy' (SPNet) or 'hvsl' (hinge baseline).
+  loss.label_resolution = "input"  # 'input': upsample logits; 'logits': downsample labels.
+
+  config.optimizer = opt = ml_collections.ConfigDict()
+  opt.name = "adam"  # 'sgd' (momentum) or 'adam'.
+  opt.base_lr = 2e-3  # Base learning rate.
+  opt.schedule = "warmup_cosine"  # 'poly', 'warmup_cosine' or 'constant'.
+  opt.warmup_steps = 100  # Linear warm-up (warmup_cosine).
+  opt.final_lr_fraction = 0.01  # warmup_cosine ends at base_lr times this.
+  opt.poly_power = 0.9  # Exponent of the poly schedule.
+  opt.momentum = 0.9  # SGD momentum.
+  opt.adam_b1 = 0.9
+  opt.adam_b2 = 0.999
+  opt.adam_eps = 1e-8
+  opt.weight_decay = 0.0  # Coupled weight decay (added to the gradient) on kernels.
+  opt.decay_biases = False  # Also decay biases.
+  opt.grad_clip_norm = 1.0  # Clip the global gradient norm (0: off).
+  # Learning-rate multiplier per parameter group (DeepLab-v2: 1 / 2 / 10 / 20).
+  opt.lr_multipliers = ml_collections.ConfigDict(
+    {"backbone_kernel": 1.0, "backbone_bias": 1.0, "head_kernel": 1.0, "head_bias": 1.0}
+  )
+
+  config.train = tr = ml_collections.ConfigDict()
+  tr.batch_size = 16  # Global batch (images per update, all processes).
+  tr.accumulation_steps = 1  # Micro-batches per update (SPNet's iter_size).
+  tr.num_steps = 2000  # Optimiser updates.
+  tr.log_every_steps = 100  # Log the training loss every this many steps...
+  tr.log_every_secs = 20.0  # ...or this many seconds, whichever comes first.
+  tr.checkpoint_every_steps = 500  # Save a checkpoint every this many steps (and at the end).
+  tr.max_checkpoints = 2  # Checkpoints kept on disk.
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 64  # Global evaluation batch.
+  ev.test_split = "test"  # Split reported.
+  ev.calibration_split = "validation"  # Split gamma is chosen on ('' uses eval.gamma).
+  ev.gamma = 0.0  # Calibration factor when calibration_split is ''.
+  ev.gamma_step = 0.05  # Calibration sweep 0, step, ..., gamma_max.
+  ev.gamma_max = 1.0
+  ev.checkpoint_step = 0  # mode='evaluate': step to restore (0: latest).
+  return config

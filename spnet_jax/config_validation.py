@@ -1,0 +1,82 @@
+"""Checks a run config before anything is built, naming the field and value that is wrong."""
+
+import jax
+import ml_collections
+
+from spnet_jax import losses, optimizer
+from spnet_jax.data import pipeline
+from spnet_jax.models import BACKBONES, CLASSIFIERS, DTYPES, EMBEDDING_HEADS
+
+_CHOICES = {
+  "mode": ("train_and_evaluate", "evaluate"),
+  "data.image_mode": pipeline.IMAGE_MODES,
+  "model.backbone": BACKBONES,
+  "model.classifier": CLASSIFIERS,
+  "model.embedding_head": EMBEDDING_HEADS,
+  "model.dtype": tuple(DTYPES),
+  "loss.name": losses.LOSSES,
+  "loss.label_resolution": losses.LABEL_RESOLUTIONS,
+  "optimizer.name": optimizer.OPTIMIZERS,
+  "optimizer.schedule": optimizer.SCHEDULES,
+}
+_POSITIVE = (
+  "train.batch_size",
+  "train.num_steps",
+  "train.accumulation_steps",
+  "train.log_every_steps",
+  "train.checkpoint_every_steps",
+  "train.max_checkpoints",
+  "eval.batch_size",
+  "eval.gamma_step",
+  "optimizer.base_lr",
+)
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field (`config.<field>=<value>`) and why."""
+
+  def fail(field: str, why: str):
+    raise ValueError(f"Invalid config.{field}={_get(config, field)!r}: {why}")
+
+  for field, choices in _CHOICES.items():
+    if _get(config, field) not in choices:
+      fail(field, f"must be one of {list(choices)}.")
+  for field in _POSITIVE:
+    if not _get(config, field) > 0:
+      fail(field, "must be > 0.")
+  devices, processes = jax.device_count(), jax.process_count()
+  batch, k = config.train.batch_size, config.train.accumulation_steps
+  if batch % (devices * k):
+    fail(
+      "train.batch_size",
+      f"must be divisible by the device count ({devices}) times "
+      f"train.accumulation_steps ({k}), so every device gets whole micro-batches.",
+    )
+  if batch % processes:
+    fail("train.batch_size", f"must be divisible by the process count ({processes}).")
+  if config.eval.batch_size % devices:
+    fail("eval.batch_size", f"must be divisible by the device count ({devices}).")
+  if not 0.0 <= config.eval.gamma <= 1.0:
+    fail("eval.gamma", "the calibration factor lies in [0, 1].")
+  if not 0.0 < config.eval.gamma_max <= 1.0:
+    fail("eval.gamma_max", "must lie in (0, 1].")
+  train = config.data.train
+  if not 0.0 < train.min_scale <= train.max_scale:
+    fail("data.train.min_scale", f"needs 0 < min_scale <= max_scale ({train.max_scale}).")
+  for scale in config.model.msc_scales:
+    if not 0.0 < scale < 1.0:
+      fail("model.msc_scales", "extra MSC scales lie in (0, 1) (scale 1 is always run).")
+  missing = set(optimizer.GROUPS) - set(config.optimizer.lr_multipliers)
+  if missing:
+    fail("optimizer.lr_multipliers", f"lacks the groups {sorted(missing)}.")
+  if config.data.train_split == config.eval.test_split:
+    fail("eval.test_split", "the test split must differ from data.train_split.")
+  if config.eval.calibration_split and config.eval.calibration_split == config.eval.test_split:
+    fail("eval.calibration_split", "gamma is never chosen on the test split.")

@@ -1,0 +1,213 @@
+"""tf.data input pipeline: preprocessing ops, training stream and padded evaluation batches.
+
+Every random op is stateless and seeded per example, so the stream is a pure function of the
+seed: reruns see the same data, and each process reads only its own slice of a split.
+"""
+
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from spnet_jax.data import splits
+
+# Caffe ImageNet mean in BGR order, what the caffe-derived DeepLab weights expect.
+CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
+IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
+IMAGE_MODES = ("caffe_bgr", "imagenet_rgb", "zero_one", "minus_one_one")
+
+
+def normalize_image(image: tf.Tensor, mode: str) -> tf.Tensor:
+  """uint8 RGB [H, W, 3] -> float32 network input in the convention of `mode`.
+
+  Args:
+    image: RGB image with values 0..255.
+    mode: 'caffe_bgr' (BGR, 0..255 minus the caffe mean: caffe-derived weights),
+      'imagenet_rgb' (RGB in [0, 1] normalised by the ImageNet mean/std: torchvision weights),
+      'zero_one' ([0, 1]) or 'minus_one_one' ([-1, 1]).
+
+  Returns:
+    float32 image of the same size.
+  """
+  image = tf.cast(image, tf.float32)
+  if mode == "caffe_bgr":
+    return image[..., ::-1] - tf.constant(CAFFE_BGR_MEAN, tf.float32)
+  if mode == "imagenet_rgb":
+    return (image / 255.0 - tf.constant(IMAGENET_RGB_MEAN)) / tf.constant(IMAGENET_RGB_STD)
+  if mode == "zero_one":
+    return image / 255.0
+  if mode == "minus_one_one":
+    return image / 127.5 - 1.0
+  raise ValueError(f"Unknown config.data.image_mode {mode!r}; valid: {IMAGE_MODES}.")
+
+
+def resize_pair(image: tf.Tensor, label: tf.Tensor, size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Resizes image (bilinear) and label (nearest) to `size` = (height, width)."""
+  image = tf.image.resize(image, size, method="bilinear", antialias=False)
+  label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
+  return image, label
+
+
+def random_scale(image, label, seed, min_scale: float, max_scale: float):
+  """Rescales both by one factor drawn uniformly from [min_scale, max_scale]."""
+  factor = tf.random.stateless_uniform([], seed, min_scale, max_scale)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  size = tf.cast(shape * factor, tf.int32)
+  return resize_pair(image, label, size)
+
+
+def pad_to_at_least(image, label, size: int):
+  """Pads bottom/right so both sides are >= size: image with 0 (the mean), label with ignore."""
+  shape = tf.shape(image)
+  pad_h = tf.maximum(size - shape[0], 0)
+  pad_w = tf.maximum(size - shape[1], 0)
+  image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=0.0)
+  label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=splits.IGNORE_LABEL)
+  return image, label
+
+
+def random_crop(image, label, seed, size: int):
+  """The same random size x size window of image and label (both already >= size)."""
+  shape = tf.shape(image)
+  offset_y = tf.random.stateless_uniform([], seed, 0, shape[0] - size + 1, dtype=tf.int32)
+  offset_x = tf.random.stateless_uniform(
+    [], seed + tf.constant([0, 1], tf.int64), 0, shape[1] - size + 1, dtype=tf.int32
+  )
+  image = image[offset_y : offset_y + size, offset_x : offset_x + size]
+  label = label[offset_y : offset_y + size, offset_x : offset_x + size]
+  return image, label
+
+
+def random_flip(image, label, seed):
+  """Flips both left-right with probability 1/2."""
+  flip = tf.random.stateless_uniform([], seed) < 0.5
+  image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+  label = tf.cond(flip, lambda: label[:, ::-1], lambda: label)
+  return image, label
+
+
+def remap_labels(label: tf.Tensor, table: np.ndarray) -> tf.Tensor:
+  """Maps uint8 label values through a 256-entry table (see splits.remap_table)."""
+  return tf.gather(tf.constant(table, tf.int32), tf.cast(label, tf.int32))
+
+
+def train_preprocess(example, seed, data_config: ml_collections.ConfigDict, table: np.ndarray):
+  """Decoded TFDS example -> (image, label) for training, following config.data.train."""
+  cfg = data_config.train
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  image = normalize_image(example["image"], data_config.image_mode)
+  label = tf.cast(example["label"][..., 0], tf.int32)
+  if cfg.warp_size:
+    image, label = resize_pair(image, label, [cfg.warp_size, cfg.warp_size])
+  if cfg.min_scale != 1.0 or cfg.max_scale != 1.0:
+    image, label = random_scale(image, label, seeds[0], cfg.min_scale, cfg.max_scale)
+  if cfg.crop_size:
+    image, label = pad_to_at_least(image, label, cfg.crop_size)
+    image, label = random_crop(image, label, seeds[1], cfg.crop_size)
+  if cfg.flip:
+    image, label = random_flip(image, label, seeds[2])
+  return {"image": image, "label": remap_labels(label, table)}
+
+
+def eval_preprocess(example, data_config: ml_collections.ConfigDict, table: np.ndarray):
+  """Decoded TFDS example -> (image, label, mask) for evaluation (no randomness)."""
+  image = normalize_image(example["image"], data_config.image_mode)
+  label = tf.cast(example["label"][..., 0], tf.int32)
+  if data_config.eval.warp_size:
+    size = [data_config.eval.warp_size] * 2
+    image, label = resize_pair(image, label, size)
+  return {"image": image, "label": remap_labels(label, table), "mask": tf.constant(True)}
+
+
+def create_train_iterator(
+  data_config: ml_collections.ConfigDict,
+  builder: tfds.core.DatasetBuilder,
+  train_classes: tuple[int, ...],
+  local_batch_size: int,
+  seed: int,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Endless iterator of this process's training batches (numpy), labels remapped.
+
+  Args:
+    data_config: config.data.
+    builder: a prepared TFDS builder.
+    train_classes: label values trained on, in order (their index is the training label);
+      every other value becomes the ignore label.
+    local_batch_size: images per batch on this process.
+    seed: seeds shuffling and augmentation.
+
+  Returns:
+    Iterator of {'image': float32 [b, h, w, 3], 'label': int32 [b, h, w]}.
+  """
+  split = tfds.split_for_jax_process(data_config.train_split)
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  if data_config.cache:
+    ds = ds.cache()
+  ds = ds.repeat().shuffle(data_config.shuffle_buffer, seed=seed)
+  table = splits.remap_table(train_classes)
+  seeds = tf.data.Dataset.random(seed=seed).batch(2)
+  ds = tf.data.Dataset.zip(ds, seeds)
+  ds = ds.map(
+    lambda ex, s: train_preprocess(ex, s, data_config, table),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+  ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
+  return ds.as_numpy_iterator()
+
+
+def eval_num_batches(builder: tfds.core.DatasetBuilder, split: str, local_batch_size: int) -> int:
+  """Batches per process: the same on every process, enough for the largest slice."""
+  parts = tfds.even_splits(split, n=jax.process_count())
+  largest = max(builder.info.splits[part].num_examples for part in parts)
+  return -(-largest // local_batch_size)
+
+
+def create_eval_batches(
+  data_config: ml_collections.ConfigDict,
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+  table: np.ndarray,
+  local_batch_size: int,
+) -> Iterator[dict[str, np.ndarray]]:
+  """This process's evaluation batches, padded with masked-out images to a common count.
+
+  Every process yields the same number of batches (so collectives line up) and every test image
+  is counted exactly once: padding rows carry mask=False.
+  """
+  part = tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
+  num_batches = eval_num_batches(builder, split, local_batch_size)
+  ds = builder.as_dataset(split=part, shuffle_files=False)
+  ds = ds.map(
+    lambda ex: eval_preprocess(ex, data_config, table),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+  ds = ds.batch(local_batch_size).prefetch(2)
+  produced = 0
+  template = None
+  for batch in ds.as_numpy_iterator():
+    template = batch
+    yield _pad_batch(batch, local_batch_size)
+    produced += 1
+  if template is None:
+    raise ValueError(f"Evaluation split {split!r} slice {part!r} is empty.")
+  for _ in range(num_batches - produced):
+    yield _pad_batch({k: v[:0] for k, v in template.items()}, local_batch_size)
+
+
+def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Pads the leading dimension to `size`; padded rows have mask False and ignore labels."""
+  count = batch["mask"].shape[0]
+  if count == size:
+    return batch
+  padded = {}
+  for key, value in batch.items():
+    fill = splits.IGNORE_LABEL if key == "label" else 0
+    extra = np.full((size - count, *value.shape[1:]), fill, value.dtype)
+    padded[key] = np.concatenate([value, extra])
+  return padded

@@ -1,0 +1,196 @@
+"""Builds a run from its config and drives it: train (resuming), calibrate, evaluate, report."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tensorflow_datasets as tfds
+from absl import logging
+from clu import metric_writers
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from spnet_jax import checkpoint, embeddings, evaluate, train
+from spnet_jax import config_validation as validation
+from spnet_jax import optimizer as optim
+from spnet_jax.data import datasets, splits
+from spnet_jax.models import SegmentationNet, create_model
+
+MODES = ("train_and_evaluate", "evaluate")
+
+
+@dataclasses.dataclass
+class RunSetup:
+  """Everything a run needs besides its state, built once from the config."""
+
+  config: ml_collections.ConfigDict
+  split: splits.ClassSplit
+  class_embeddings: np.ndarray
+  builder: tfds.core.DatasetBuilder
+  mesh: jax.sharding.Mesh
+  model: SegmentationNet
+  tx: optax.GradientTransformation
+
+
+def create_setup(config: ml_collections.ConfigDict) -> RunSetup:
+  """Validates the config and builds split, embeddings, dataset, mesh, model and optimiser."""
+  validation.validate_config(config)
+  builder = datasets.get_builder(config)
+  split = splits.get_split(config.data.name, config.data.split)
+  class_embeddings = embeddings.load_class_embeddings(config, split)
+  mesh = train.create_mesh()
+  model = create_model(config.model, class_embeddings.shape[1], split.num_classes)
+  tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
+  return RunSetup(config, split, class_embeddings, builder, mesh, model, tx)
+
+
+def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None):
+  """The latest checkpoint (or `step`) if there is one, else freshly initialised parameters."""
+  config, mesh = setup.config, setup.mesh
+  replicated = NamedSharding(mesh, P())
+  init = lambda rng: train.create_train_state(
+    setup.model, setup.tx, rng, config.data.init_image_size, jnp.asarray(setup.class_embeddings)
+  )
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(init, rng)
+  abstract = checkpoint.abstract_with_sharding(abstract, replicated)
+  restored = checkpoint.restore(manager, abstract, step)
+  if restored is not None:
+    logging.info("Restored checkpoint step %d from %s.", int(restored.step), manager.directory)
+    return restored
+  if step is not None:
+    raise ValueError(f"No checkpoint step {step} in {manager.directory}.")
+  state = jax.jit(init, out_shardings=replicated)(rng)
+  count = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("Initialised %s parameters (trainable).", f"{count:,}")
+  return state
+
+
+def calibrate_and_evaluate(setup: RunSetup, state) -> dict:
+  """Chooses gamma on the calibration split, then evaluates the test split.
+
+  Gamma is the best-H point of a sweep on config.eval.calibration_split (images the model
+  never trained on, and never the test split).
+  """
+  config = setup.config
+  tasks = evaluate.create_tasks(
+    setup.split, gamma_grid(config), learned_classifier=config.model.classifier == "learned"
+  )
+  calibration_split = config.eval.calibration_split
+  if calibration_split:
+    sweep_conf = evaluate.compute_confusions(setup, state, calibration_split, tasks)
+    sweep = evaluate.choose_gamma(sweep_conf["gzlss"], tasks, setup.split)
+    gamma, source = sweep["best_gamma"], f"best H on the '{calibration_split}' split"
+    sweep["split"] = calibration_split
+  else:
+    gamma, source = float(config.eval.gamma), "config.eval.gamma"
+    sweep = None
+  test_conf = evaluate.compute_confusions(setup, state, config.eval.test_split, tasks)
+  return {
+    "dataset": config.data.name,
+    "class_split": config.data.split,
+    "test_split": config.eval.test_split,
+    "step": int(state.step),
+    "protocol": protocol_name(config),
+    "classes": {
+      "seen": setup.split.names(setup.split.seen),
+      "val": setup.split.names(setup.split.val),
+      "unseen": setup.split.names(setup.split.unseen),
+    },
+    "gamma_sweep": sweep,
+    "test": evaluate.summarize(test_conf, tasks, setup.split, gamma, source),
+  }
+
+
+def protocol_name(config: ml_collections.ConfigDict) -> str:
+  if config.data.eval.warp_size:
+    size = config.data.eval.warp_size
+    return f"labels and images warped to {size}x{size}"
+  return "native resolution"
+
+
+def gamma_grid(config: ml_collections.ConfigDict) -> list[float]:
+  """The calibration sweep: 0, step, ..., max (rounded so 0.05 steps are exact)."""
+  count = round(config.eval.gamma_max / config.eval.gamma_step) + 1
+  grid = [round(i * config.eval.gamma_step, 6) for i in range(count)]
+  fixed = round(float(config.eval.gamma), 6)
+  return sorted(set(grid) | {fixed})
+
+
+def write_results(
+  workdir: str, results: dict, setup: RunSetup, writer: metric_writers.MetricWriter
+) -> None:
+  """Writes results.json and the summary scalars (process 0 only), and prints the table."""
+  test = results["test"]
+  scalars = {
+    "eval_zlss_unseen_miou": test["zlss"]["unseen_miou"],
+    **{
+      f"eval_gzlss_{k}": test["gzlss"]["uncalibrated"][k]
+      for k in ("seen_miou", "unseen_miou", "harmonic")
+    },
+    **{
+      f"eval_gzlss_calibrated_{k}": test["gzlss"]["calibrated"][k]
+      for k in ("seen_miou", "unseen_miou", "harmonic", "gamma")
+    },
+  }
+  writer.write_scalars(results["step"], scalars)
+  writer.flush()
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "results.json")
+  with open(path, "w") as f:
+    json.dump(_json_safe(results), f, indent=2)
+  print(evaluate.format_report(results, setup.split), flush=True)
+  print(f"Wrote {path}", flush=True)
+
+
+def _json_safe(value):
+  """NaN (an absent class) becomes null so that results.json is strict JSON."""
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, float) and np.isnan(value):
+    return None
+  return value
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The main job: train (resuming from the latest checkpoint), then calibrate and evaluate.
+
+  With config.mode == 'evaluate' no training happens: the latest checkpoint in the workdir (or
+  config.eval.checkpoint_step) is restored and evaluated.
+
+  Returns:
+    The results dict also written to `workdir`/results.json.
+  """
+  setup = create_setup(config)
+  os.makedirs(workdir, exist_ok=True)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  manager = checkpoint.create_manager(workdir, config.train.max_checkpoints)
+  logging.info(
+    "Mesh %s over %d devices (%d processes).",
+    dict(setup.mesh.shape),
+    jax.device_count(),
+    jax.process_count(),
+  )
+  if config.mode == "evaluate":
+    if manager.latest_step() is None:
+      raise ValueError(
+        f"config.mode='evaluate' needs a checkpoint, and {manager.directory} has "
+        "none: train first (config.mode='train_and_evaluate')."
+      )
+    state = initial_or_restored_state(setup, manager, config.eval.checkpoint_step or None)
+  else:
+    state = initial_or_restored_state(setup, manager)
+    state = train.train(config, workdir, setup, state, manager, writer)
+  results = calibrate_and_evaluate(setup, state)
+  write_results(workdir, results, setup, writer)
+  manager.close()
+  writer.close()
+  return results

@@ -1,0 +1,49 @@
+"""Shared fixtures: a small generated shapes dataset and a fast config for end-to-end tests."""
+
+import os
+import sys
+
+import pytest
+
+# Tests import configs/ as a package, like the entry point does from the repository root.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+SHARED = os.path.join(ROOT, "..", "shared")
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory) -> str:
+  """A TFDS folder holding the 'tiny' shapes builder config (generated once per session)."""
+  from configs import shapes_zlss
+  from spnet_jax.data import datasets
+
+  directory = str(tmp_path_factory.mktemp("tfds"))
+  config = shapes_zlss.get_config()
+  config.data.data_dir = directory
+  config.data.builder_config = "tiny"
+  datasets.get_builder(config)
+  return directory
+
+
+@pytest.fixture
+def fast_config(shapes_data_dir):
+  """configs/shapes_zlss.py shrunk to run in seconds on the tiny dataset."""
+  from configs import shapes_zlss
+
+  config = shapes_zlss.get_config()
+  config.data.data_dir = shapes_data_dir
+  config.data.builder_config = "tiny"
+  config.data.auto_prepare = False
+  config.data.shuffle_buffer = 64
+  config.model.width = 16
+  config.model.dilations = (1, 2)
+  config.train.num_steps = 6
+  config.train.batch_size = 4
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 3
+  config.optimizer.warmup_steps = 2
+  config.eval.batch_size = 8
+  config.eval.gamma_step = 0.25
+  return config

@@ -1,0 +1,145 @@
+"""End-to-end runs of the main job on the tiny shapes dataset: outputs, resume, errors."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from spnet_jax import checkpoint, experiment, train
+from spnet_jax.data import datasets
+
+from .conftest import ROOT
+
+
+def test_train_and_evaluate_writes_checkpoints_summaries_and_results(fast_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  results = experiment.train_and_evaluate(fast_config, workdir)
+  assert results["step"] == 6
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "6"
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  with open(os.path.join(workdir, "results.json")) as f:
+    written = json.load(f)
+  test = written["test"]
+  assert set(test["zlss"]["per_class_iou"]) == {
+    "red-disc",
+    "green-square",
+    "blue-triangle",
+    "yellow-annulus",
+  }
+  assert 0.0 <= test["zlss"]["unseen_miou"] <= 1.0
+  sweep = written["gamma_sweep"]
+  assert sweep["split"] == "validation"
+  assert sweep["gammas"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+  best = sweep["gammas"][int(np.argmax(sweep["harmonic"]))]
+  assert test["gzlss"]["calibrated"]["gamma"] == best
+  assert test["gzlss"]["uncalibrated"]["gamma"] == 0.0
+  assert len(test["gzlss"]["per_class_iou_uncalibrated"]) == 17
+
+
+def test_rerun_resumes_from_latest_checkpoint_and_evaluate_mode(fast_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  experiment.train_and_evaluate(fast_config, workdir)
+  manager = checkpoint.create_manager(workdir, 5)
+  first = manager.latest_step()
+  manager.close()
+  # A longer schedule continues from step 6 instead of starting over.
+  fast_config.train.num_steps = 9
+  results = experiment.train_and_evaluate(fast_config, workdir)
+  assert first == 6 and results["step"] == 9
+  # Evaluation alone restores the checkpoint and trains nothing.
+  fast_config.mode = "evaluate"
+  fast_config.train.num_steps = 100
+  evaluated = experiment.train_and_evaluate(fast_config, workdir)
+  assert evaluated["step"] == 9
+  assert evaluated["test"] == results["test"]
+
+
+def test_evaluate_mode_without_checkpoint_is_an_error(fast_config, tmp_path):
+  fast_config.mode = "evaluate"
+  with pytest.raises(ValueError, match="needs a checkpoint"):
+    experiment.train_and_evaluate(fast_config, str(tmp_path / "empty"))
+
+
+def test_learned_classifier_scores_zero_on_unseen(fast_config, tmp_path):
+  fast_config.model.classifier = "learned"
+  results = experiment.train_and_evaluate(fast_config, str(tmp_path / "learned"))
+  assert results["test"]["zlss"]["unseen_miou"] == 0.0
+  assert results["test"]["gzlss"]["uncalibrated"]["unseen_miou"] == 0.0
+  assert results["test"]["gzlss"]["calibrated"]["unseen_miou"] == 0.0
+  assert all(u == 0.0 for u in results["gamma_sweep"]["unseen_miou"])
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(fast_config, tmp_path):
+  workdir = str(tmp_path / "nan")
+  fast_config.train.num_steps = 3
+  experiment.train_and_evaluate(fast_config, workdir)
+  fast_config.train.num_steps = 12
+  fast_config.train.log_every_steps = 1
+  fast_config.optimizer.base_lr = 1e38
+  fast_config.optimizer.grad_clip_norm = 0.0
+  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+") as error:
+    experiment.train_and_evaluate(fast_config, workdir)
+  assert "last good checkpoint is step 3" in str(error.value)
+  manager = checkpoint.create_manager(workdir, 5)
+  assert manager.latest_step() == 3
+  manager.close()
+
+
+def test_unprepared_dataset_error_names_the_prepare_command(fast_config, tmp_path):
+  fast_config.data.data_dir = str(tmp_path / "nothing_here")
+  with pytest.raises(ValueError, match="spnet_jax.data.prepare --dataset shapes"):
+    datasets.get_builder(fast_config)
+
+
+def test_real_benchmark_configs_fail_clearly_until_their_datasets_exist(tmp_path):
+  from configs import coco_zlss, voc_zlss
+
+  for module in (coco_zlss, voc_zlss):
+    with pytest.raises(ValueError, match="has no TFDS builder"):
+      experiment.create_setup(module.get_config())
+
+
+def test_embedding_rows_must_match_the_class_list(fast_config, tmp_path):
+  path = tmp_path / "w.npy"
+  np.save(path, np.ones((5, 8), np.float32))
+  fast_config.embeddings.source = "npy"
+  fast_config.embeddings.paths = str(path)
+  with pytest.raises(ValueError, match="has 5 rows but the dataset has 17 classes"):
+    experiment.create_setup(fast_config)
+
+
+@pytest.mark.parametrize(
+  ("field", "value", "message"),
+  [
+    ("model.backbone", "resnet50", "config.model.backbone='resnet50'"),
+    ("train.batch_size", 0, "config.train.batch_size=0"),
+    ("eval.gamma", 1.5, "config.eval.gamma=1.5"),
+    ("eval.calibration_split", "test", "never chosen on the test split"),
+  ],
+)
+def test_invalid_config_values_are_named(fast_config, field, value, message):
+  section, name = field.split(".")
+  fast_config[section][name] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    experiment.create_setup(fast_config)
+
+
+def test_unknown_config_field_is_rejected_by_the_entry_point(tmp_path):
+  command = [
+    sys.executable,
+    "-m",
+    "spnet_jax.main",
+    "--config",
+    "configs/shapes_zlss.py",
+    "--workdir",
+    str(tmp_path),
+    "--config.train.num_stepz=5",
+  ]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "num_stepz" in result.stderr
