@@ -39,7 +39,16 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  except ValueError as error:
+    if "tree structures do not match" not in str(error):
+      raise
+    raise ValueError(
+      f"Checkpoint step {step} in {manager.directory} does not fit this config's model and "
+      "optimiser (a changed config.model or config.optimizer field?). Use the config it was "
+      "trained with, or a new --workdir."
+    ) from error
 
 
 def abstract_with_sharding(tree, sharding: jax.sharding.Sharding):

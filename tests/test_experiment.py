@@ -81,7 +81,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(fast_config, tmp_p
   fast_config.train.num_steps = 12
   fast_config.train.log_every_steps = 1
   fast_config.optimizer.base_lr = 1e38
-  fast_config.optimizer.grad_clip_norm = 0.0
   with pytest.raises(train.NonFiniteLossError, match=r"at step \d+") as error:
     experiment.train_and_evaluate(fast_config, workdir)
   assert "last good checkpoint is step 3" in str(error.value)
@@ -92,7 +91,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(fast_config, tmp_p
 
 def test_unprepared_dataset_error_names_the_prepare_command(fast_config, tmp_path):
   fast_config.data.data_dir = str(tmp_path / "nothing_here")
-  with pytest.raises(ValueError, match="spnet_jax.data.prepare --dataset shapes"):
+  with pytest.raises(ValueError, match=re.escape("spnet_jax.data.prepare --dataset shapes")):
     datasets.get_builder(fast_config)
 
 
@@ -143,3 +142,11 @@ def test_unknown_config_field_is_rejected_by_the_entry_point(tmp_path):
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "num_stepz" in result.stderr
+
+
+def test_checkpoint_of_another_optimizer_is_a_clear_error(fast_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  experiment.train_and_evaluate(fast_config, workdir)
+  fast_config.optimizer.grad_clip_norm = 0.0  # Changes the optimiser state's structure.
+  with pytest.raises(ValueError, match="does not fit this config's model and optimiser"):
+    experiment.train_and_evaluate(fast_config, workdir)
