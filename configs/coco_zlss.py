@@ -5,6 +5,7 @@ evaluated at 20k steps (100k max in the official configs).
 
 Run:
   python -m spnet_jax.main --config configs/coco_zlss.py --workdir /tmp/spnet_coco \
+    --config.data.data_dir=/data/tfds \
     --config.embeddings.paths=/data/coco_fasttext.npy,/data/coco_word2vec.npy
 """
 
@@ -20,5 +21,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 10  # 5 images x 2 accumulation steps per update.
   config.train.accumulation_steps = 2
   config.train.num_steps = 20000  # The paper evaluates at 20k (of 100k) iterations.
+  config.data.eval.label_canvas = 640  # full_resolution: COCO images are at most 640x640.
   config.eval.gamma = 0.4  # Official COCO-Stuff calibration factor.
   return config

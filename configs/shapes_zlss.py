@@ -19,7 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.split = "default"  # Class split: 'default' or 'block' (see spnet_jax/data/splits.py).
   data.builder_config = "default"  # TFDS builder config ('tiny' for tests).
   data.data_dir = ""  # TFDS folder; '' means $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  data.auto_prepare = True  # Generate the shapes dataset on first use.
+  data.manual_dir = ""  # Real datasets: folder of the unpacked archives (README 'Datasets').
+  data.auto_prepare = True  # Prepare on first use (real datasets only with data.manual_dir).
   data.image_mode = "minus_one_one"  # Input convention (pipeline.IMAGE_MODES).
   data.train_split = "train"  # TFDS split trained on.
   data.cache = True  # Keep decoded training images in memory (small datasets only).
@@ -32,11 +33,17 @@ def get_config() -> ml_collections.ConfigDict:
   data.train.crop_size = 0  # Pad (ignore label) and random-crop to this size (0: off).
   data.train.flip = True  # Random horizontal flip.
   data.eval = ml_collections.ConfigDict()
-  data.eval.warp_size = 0  # Evaluate at this square size (0: native resolution).
+  data.eval.warp_size = 0  # Network input warped to this square size (0: native resolution).
+  # With warp_size: False scores labels warped to warp_size (SPNet's protocol); True upsamples
+  # the logits to each image's original size and scores the original labels.
+  data.eval.full_resolution = False
+  data.eval.label_canvas = 0  # full_resolution: labels padded (ignore) to this square size.
 
   config.embeddings = emb = ml_collections.ConfigDict()
-  emb.source = "attributes"  # 'attributes' (shapes) or 'npy'.
-  emb.paths = ""  # Comma-separated .npy files (source='npy'), one row per label value.
+  emb.source = "attributes"  # 'attributes' (shapes) or 'files' ('npy' is an alias).
+  # source='files': comma-separated .npy / SPNet .pkl matrices, one row per label value; each is
+  # normalised per row, then they are concatenated and normalised again (fastText first).
+  emb.paths = ""
   emb.extra_dim = 0  # Shapes: append a fixed random projection of this width to the attributes.
   emb.seed = 0  # Seed of that projection.
 

@@ -2,12 +2,15 @@
 
 The recipe of the official SPNet code: DeepLab-v2 ResNet-101 (caffe layout) with ASPP to the
 600-d fastText+word2vec space, MSC, frozen BatchNorm, SGD with the poly schedule, batch 10,
-20k steps. The VOC dataset builder arrives with the benchmarks work; until then this config stops
-with a message saying so.
+20k steps. Prepare the dataset and the embeddings first (README.md, 'Datasets' and 'Word
+embeddings').
 
 Run:
   python -m spnet_jax.main --config configs/voc_zlss.py --workdir /tmp/spnet_voc \
+    --config.data.data_dir=/data/tfds \
     --config.embeddings.paths=/data/voc_fasttext.npy,/data/voc_word2vec.npy
+Full-resolution evaluation (logits upsampled to the original labels) instead of 513x513:
+  --config.mode=evaluate --config.data.eval.full_resolution=True
 """
 
 import ml_collections
@@ -33,8 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.train.crop_size = 321  # pad (ignore) to >= 321 and take a random 321x321 crop,
   data.train.flip = True  # and flip at random.
   data.eval.warp_size = 513  # IoU is computed at 513x513 (SPNet's protocol).
+  data.eval.label_canvas = 500  # full_resolution: VOC images are at most 500x500.
 
-  config.embeddings.source = "npy"
+  config.embeddings.source = "files"
   # fastText and word2vec matrices [21, 300] (each normalised, concatenated, renormalised).
   config.embeddings.paths = ""
 

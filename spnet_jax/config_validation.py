@@ -73,6 +73,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for scale in config.model.msc_scales:
     if not 0.0 < scale < 1.0:
       fail("model.msc_scales", "extra MSC scales lie in (0, 1) (scale 1 is always run).")
+  if config.data.eval.full_resolution and not (
+    config.data.eval.warp_size and config.data.eval.label_canvas
+  ):
+    fail(
+      "data.eval.full_resolution",
+      "needs data.eval.warp_size (network input size) and data.eval.label_canvas (>= the "
+      "largest image side, e.g. 640 for COCO-Stuff, 500 for VOC).",
+    )
   missing = set(optimizer.GROUPS) - set(config.optimizer.lr_multipliers)
   if missing:
     fail("optimizer.lr_multipliers", f"lacks the groups {sorted(missing)}.")

@@ -1,13 +1,16 @@
-"""Class embedding matrices W: loaded from .npy files or built from the shapes attributes."""
+"""Class embedding matrices W: loaded from .npy / .pkl files or built from the shapes attributes."""
 
 import os
 
 import ml_collections
 import numpy as np
 
+from spnet_jax import word_vectors
 from spnet_jax.data import splits
 
-SOURCES = ("attributes", "npy")
+# 'files' reads config.embeddings.paths; 'npy' is its older name, kept as an alias.
+SOURCES = ("attributes", "files", "npy")
+FILE_SUFFIXES = (".npy", ".pkl")
 
 
 def l2_normalize(rows: np.ndarray) -> np.ndarray:
@@ -21,12 +24,14 @@ def l2_normalize(rows: np.ndarray) -> np.ndarray:
   return rows / norms
 
 
-def load_npy(path: str, num_classes: int) -> np.ndarray:
-  """Reads a [num_classes, d] float matrix (one row per label value) from a .npy file."""
+def _existing(path: str) -> str:
   path = os.path.expanduser(path)
   if not os.path.exists(path):
     raise ValueError(f"Class embedding file {path} (config.embeddings.paths) does not exist.")
-  matrix = np.load(path, allow_pickle=False)
+  return path
+
+
+def _checked_matrix(matrix: np.ndarray, path: str, num_classes: int) -> np.ndarray:
   if matrix.ndim != 2:
     raise ValueError(
       f"Class embedding file {path} holds an array of shape {matrix.shape}; "
@@ -37,9 +42,46 @@ def load_npy(path: str, num_classes: int) -> np.ndarray:
       f"Class embedding file {path} has {matrix.shape[0]} rows but the dataset has "
       f"{num_classes} classes (one row per label value 0..{num_classes - 1} is needed)."
     )
+  if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
+    raise ValueError(f"Class embedding file {path} holds {matrix.dtype} values; expected floats.")
   if not np.all(np.isfinite(matrix)):
     raise ValueError(f"Class embedding file {path} contains NaN or infinite values.")
   return matrix.astype(np.float64)
+
+
+def load_npy(path: str, num_classes: int) -> np.ndarray:
+  """Reads a [num_classes, d] float matrix (one row per label value) from a .npy file."""
+  path = _existing(path)
+  return _checked_matrix(np.load(path, allow_pickle=False), path, num_classes)
+
+
+def load_pkl(path: str, num_classes: int) -> np.ndarray:
+  """Reads a [num_classes, d] matrix from a pickled numpy array (SPNet's word_vectors/*.pkl).
+
+  The pickle is loaded with word_vectors.load_pickle, which refuses everything but numpy arrays:
+  a pickle can run code, so a .pkl from elsewhere must never reach pickle.load.
+  """
+  path = _existing(path)
+  value = word_vectors.load_pickle(path)
+  if not isinstance(value, np.ndarray):
+    raise ValueError(
+      f"Class embedding file {path} holds a {type(value).__name__} of arrays; expected one "
+      "array [num_classes, dim]."
+    )
+  return _checked_matrix(value, path, num_classes)
+
+
+def load_matrix(path: str, num_classes: int) -> np.ndarray:
+  """Reads a [num_classes, d] matrix from a .npy or .pkl file, chosen by the file's suffix."""
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix == ".npy":
+    return load_npy(path, num_classes)
+  if suffix == ".pkl":
+    return load_pkl(path, num_classes)
+  raise ValueError(
+    f"Class embedding file {path} (config.embeddings.paths) has suffix {suffix!r}; valid: "
+    f"{FILE_SUFFIXES}. Convert vocabulary files with `python -m spnet_jax.word_vectors`."
+  )
 
 
 def attribute_embeddings(
@@ -76,25 +118,26 @@ def load_class_embeddings(
 ) -> np.ndarray:
   """The L2-normalised float32 class embedding matrix [num_classes, d_w] of config.embeddings.
 
-  Several .npy files (e.g. fastText and word2vec) are each normalised per class, concatenated
-  and normalised again, as SPNet does.
+  source='files' (alias 'npy') reads config.embeddings.paths, comma-separated .npy or .pkl files
+  (e.g. fastText then word2vec): each is normalised per class, they are concatenated and the
+  result normalised again, as SPNet does.
   """
   cfg = config.embeddings
   if cfg.source == "attributes":
     if config.data.name != "shapes":
       raise ValueError(
         "config.embeddings.source='attributes' exists only for the shapes "
-        f"dataset, not {config.data.name!r}; use source='npy'."
+        f"dataset, not {config.data.name!r}; use source='files'."
       )
     matrix = attribute_embeddings(split.class_names, cfg.extra_dim, cfg.seed)
-  elif cfg.source == "npy":
-    if not cfg.paths:
+  elif cfg.source in ("files", "npy"):
+    paths = [p.strip() for p in (cfg.paths or "").split(",") if p.strip()]
+    if not paths:
       raise ValueError(
-        "config.embeddings.source='npy' needs config.embeddings.paths: a "
-        "comma-separated list of .npy files, one row per class."
+        f"config.embeddings.source={cfg.source!r} needs config.embeddings.paths: a "
+        "comma-separated list of .npy or .pkl files, one row per class."
       )
-    paths = [p.strip() for p in cfg.paths.split(",") if p.strip()]
-    parts = [l2_normalize(load_npy(p, split.num_classes)) for p in paths]
+    parts = [l2_normalize(load_matrix(p, split.num_classes)) for p in paths]
     matrix = np.concatenate(parts, axis=1)
   else:
     raise ValueError(f"Unknown config.embeddings.source {cfg.source!r}; valid: {SOURCES}.")

@@ -106,7 +106,10 @@ def eval_step(
   candidates = jnp.asarray(tasks.candidates)
   logits_fn = lambda x: logits_for_classes(model, variables, x, class_embeddings, candidates)
   fused = msc.multi_scale_logits(logits_fn, images, msc_scales)[-1]
-  logits = msc.resize_logits(fused, *labels.shape[1:3])
+  if "label_size" in batch:  # Full-resolution protocol: labels at each image's own size.
+    logits = msc.resize_logits_per_image(fused, batch["label_size"], labels.shape[1:3])
+  else:
+    logits = msc.resize_logits(fused, *labels.shape[1:3])
   in_batch = batch["mask"][:, None, None]
 
   unseen = jnp.asarray(tasks.unseen)

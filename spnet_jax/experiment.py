@@ -108,6 +108,10 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> dict:
 
 
 def protocol_name(config: ml_collections.ConfigDict) -> str:
+  """How test images and labels were sized, for the report."""
+  if config.data.eval.full_resolution:
+    size = config.data.eval.warp_size
+    return f"full resolution (input warped to {size}x{size}, logits upsampled to original labels)"
   if config.data.eval.warp_size:
     size = config.data.eval.warp_size
     return f"labels and images warped to {size}x{size}"

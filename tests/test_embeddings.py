@@ -1,6 +1,8 @@
-"""Tests for spnet_jax/embeddings.py: .npy loading, normalisation and attribute vectors."""
+"""Tests for spnet_jax/embeddings.py: .npy / .pkl loading, normalisation, attribute vectors."""
 
 import math
+import os
+import pickle
 
 import ml_collections
 import numpy as np
@@ -8,6 +10,8 @@ import pytest
 
 from spnet_jax import embeddings
 from spnet_jax.data import splits
+
+from .conftest import SHARED
 
 
 def _config(source: str, paths: str = "", data_name: str = "voc") -> ml_collections.ConfigDict:
@@ -191,3 +195,96 @@ def test_load_class_embeddings_zero_row_raises(tmp_path):
   np.save(tmp_path / "z.npy", np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]))
   with pytest.raises(ValueError, match="all zeros"):
     embeddings.load_class_embeddings(_config("npy", str(tmp_path / "z.npy")), _split(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# .pkl files and the 'files' source.
+
+
+def _pickle(path, value) -> str:
+  path.write_bytes(pickle.dumps(value, protocol=3))
+  return str(path)
+
+
+def test_load_pkl_reads_float64(tmp_path):
+  matrix = np.arange(6, dtype=np.float32).reshape(3, 2)
+  got = embeddings.load_pkl(_pickle(tmp_path / "w.pkl", matrix), 3)
+  assert got.dtype == np.float64
+  np.testing.assert_array_equal(got, matrix)
+
+
+def test_load_pkl_wrong_row_count(tmp_path):
+  path = _pickle(tmp_path / "rows.pkl", np.ones((5, 8)))
+  with pytest.raises(ValueError, match="has 5 rows but the dataset has 17 classes") as info:
+    embeddings.load_pkl(path, 17)
+  assert path in str(info.value)
+
+
+@pytest.mark.parametrize(
+  ("value", "match"),
+  [
+    ({"w": np.ones((3, 2))}, "holds a dict of arrays"),
+    (np.ones((3, 2), np.complex64), "complex64 values"),
+    (np.ones((3, 2), bool), "bool values"),
+    (np.ones(3), r"expected \[num_classes, dim\]"),
+  ],
+)
+def test_load_pkl_not_a_matrix(tmp_path, value, match):
+  path = _pickle(tmp_path / "odd.pkl", value)
+  with pytest.raises(ValueError, match=match) as info:
+    embeddings.load_pkl(path, 3)
+  assert path in str(info.value)
+
+
+class _Marker:
+  def __init__(self, path: str):
+    self.path = path
+
+  def __reduce__(self):
+    return (np.save, (self.path, np.zeros(1)))
+
+
+def test_load_class_embeddings_refuses_code_in_a_pkl(tmp_path):
+  marker = str(tmp_path / "marker.npy")
+  path = _pickle(tmp_path / "evil.pkl", _Marker(marker))
+  with pytest.raises(pickle.UnpicklingError, match=r"Refused global 'numpy\.save'"):
+    embeddings.load_class_embeddings(_config("files", path), _split(3))
+  assert not os.path.exists(marker)
+
+
+def test_load_matrix_unknown_suffix(tmp_path):
+  path = tmp_path / "w.txt"
+  path.write_text("1 2\n")
+  with pytest.raises(ValueError, match=r"suffix '\.txt'; valid: \('\.npy', '\.pkl'\)"):
+    embeddings.load_matrix(str(path), 1)
+
+
+@pytest.mark.parametrize("source", ["files", "npy"])
+def test_load_class_embeddings_mixes_npy_and_pkl(tmp_path, source):
+  rng = np.random.default_rng(5)
+  first, second = rng.normal(size=(3, 4)), rng.normal(size=(3, 2)) * 3.0
+  np.save(tmp_path / "ft.npy", first)
+  paths = f"{tmp_path / 'ft.npy'},{_pickle(tmp_path / 'w2v.pkl', second)}"
+  got = embeddings.load_class_embeddings(_config(source, paths), _split(3))
+  both = np.concatenate(
+    [
+      first / np.linalg.norm(first, axis=1)[:, None],
+      second / np.linalg.norm(second, axis=1)[:, None],
+    ],
+    axis=1,
+  )
+  np.testing.assert_allclose(got, both / math.sqrt(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("dataset", "name"), [("cocostuff", "coco_stuff"), ("voc12", "voc_sbd")])
+def test_load_class_embeddings_from_spnet_reference_pkl(dataset, name):
+  folder = os.path.join(SHARED, "spnet_reference", dataset, "word_vectors")
+  if not os.path.isdir(folder):
+    pytest.skip(f"SPNet reference files absent ({folder}); they come from subhc/SPNet.")
+  paths = ",".join(os.path.join(folder, f) for f in ("fasttext.pkl", "word2vec.pkl"))
+  split = splits.get_split(name, "spnet")
+  got = embeddings.load_class_embeddings(_config("files", paths, data_name=name), split)
+  assert got.shape == (split.num_classes, 600) and got.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
+  # SPNet's ft+w2v embedding: each half carries half of the squared norm.
+  np.testing.assert_allclose(np.sum(got[:, :300] ** 2, axis=1), 0.5, rtol=1e-5)

@@ -95,12 +95,16 @@ def test_unprepared_dataset_error_names_the_prepare_command(fast_config, tmp_pat
     datasets.get_builder(fast_config)
 
 
-def test_real_benchmark_configs_fail_clearly_until_their_datasets_exist(tmp_path):
+def test_real_benchmark_configs_say_how_to_prepare_their_datasets(tmp_path):
   from configs import coco_zlss, voc_zlss
 
   for module in (coco_zlss, voc_zlss):
-    with pytest.raises(ValueError, match="has no TFDS builder"):
-      experiment.create_setup(module.get_config())
+    config = module.get_config()
+    config.data.data_dir = str(tmp_path)
+    with pytest.raises(ValueError, match="is not prepared") as error:
+      experiment.create_setup(config)
+    assert f"spnet_jax.data.prepare --dataset {config.data.name}" in str(error.value)
+    assert "--manual_dir" in str(error.value)
 
 
 def test_embedding_rows_must_match_the_class_list(fast_config, tmp_path):
@@ -150,3 +154,15 @@ def test_checkpoint_of_another_optimizer_is_a_clear_error(fast_config, tmp_path)
   fast_config.optimizer.grad_clip_norm = 0.0  # Changes the optimiser state's structure.
   with pytest.raises(ValueError, match="does not fit this config's model and optimiser"):
     experiment.train_and_evaluate(fast_config, workdir)
+
+
+def test_full_resolution_protocol_scores_original_labels(fast_config, tmp_path):
+  fast_config.data.eval.warp_size = 48  # Network input; labels stay 64x64.
+  fast_config.data.eval.full_resolution = True
+  fast_config.data.eval.label_canvas = 64
+  results = experiment.train_and_evaluate(fast_config, str(tmp_path / "full"))
+  assert results["protocol"].startswith("full resolution")
+  assert 0.0 <= results["test"]["zlss"]["unseen_miou"] <= 1.0
+  fast_config.data.eval.label_canvas = 0
+  with pytest.raises(ValueError, match=r"config\.data\.eval\.full_resolution"):
+    experiment.create_setup(fast_config)

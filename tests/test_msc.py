@@ -165,3 +165,15 @@ def test_multi_scale_logits_hand_case():
   expected = PROJECTION.sum(axis=0)  # [1.0, 1.0, 0.5, 4.0]
   for out in outputs:
     np.testing.assert_allclose(np.asarray(out)[0], np.broadcast_to(expected, out.shape[1:]))
+
+
+def test_resize_logits_per_image_matches_single_image_resize():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(2, 5, 5, 3)).astype(np.float32))
+  sizes = jnp.asarray([[10, 10], [7, 9]], jnp.int32)
+  out = np.asarray(msc.resize_logits_per_image(logits, sizes, (10, 10)))
+  assert out.shape == (2, 10, 10, 3)
+  first = np.asarray(msc.resize_logits(logits[:1], 10, 10))[0]
+  second = np.asarray(msc.resize_logits(logits[1:], 7, 9))[0]
+  np.testing.assert_allclose(out[0], first, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out[1, :7, :9], second, rtol=1e-5, atol=1e-5)

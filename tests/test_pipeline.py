@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from configs import shapes_zlss
 from spnet_jax.data import pipeline, splits
 
 IGNORE = 255
@@ -13,16 +14,12 @@ CODE = 10.0
 
 
 def data_config(**train) -> ml_collections.ConfigDict:
-  """config.data like configs/shapes_zlss.py, with DeepLab-style augmentation at small sizes."""
-  config = ml_collections.ConfigDict()
-  config.name = "shapes"
-  config.split = "default"
-  config.image_mode = "minus_one_one"
-  config.train = ml_collections.ConfigDict(
+  """config.data of configs/shapes_zlss.py, with DeepLab-style augmentation at small sizes."""
+  config = shapes_zlss.get_config().data
+  config.train.update(
     {"warp_size": 48, "min_scale": 0.5, "max_scale": 1.5, "crop_size": 32, "flip": True}
   )
   config.train.update(train)
-  config.eval = ml_collections.ConfigDict({"warp_size": 0})
   return config
 
 

@@ -1,69 +1,91 @@
 """Dataset registry: config.data.name -> a prepared TFDS builder (or a clear error)."""
 
+import importlib
 import os
 
 import ml_collections
 import tensorflow_datasets as tfds
 from absl import logging
 
-from spnet_jax.data import shapes
+# config.data.name -> (module defining the TFDS builder, TFDS builder name). Modules are imported
+# on demand: importing one registers its builder with TFDS.
+_BUILDERS = {
+  "shapes": ("spnet_jax.data.shapes", "spnet_shapes"),
+  "coco_stuff": ("spnet_jax.data.coco_stuff", "coco_stuff"),
+  "voc_sbd": ("spnet_jax.data.voc_sbd", "voc_sbd"),
+}
+# What the manual directory of each real dataset holds (README.md, section 'Datasets').
+MANUAL_CONTENTS = {
+  "coco_stuff": "train2017/ val2017/ stuffthingmaps/{train2017,val2017}/",
+  "voc_sbd": "JPEGImages/ SegmentationClassAug/ train_ids.txt test_ids.txt",
+}
 
-# Datasets the project knows of, with the command that prepares each one.
-PREPARE_COMMANDS = {
-  "shapes": "python -m spnet_jax.data.prepare --dataset shapes --data_dir {data_dir}",
-}
-# The paper's benchmarks; their TFDS builders are not part of this release yet.
-PLANNED = {
-  "coco_stuff": "COCO-Stuff 164k",
-  "voc_sbd": "PASCAL VOC 2012 + SBD",
-}
-_BUILDER_NAMES = {"shapes": "spnet_shapes"}
+
+def data_dir_default() -> str:
+  """$TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str:
   """TFDS folder: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  path = config.data.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-  return os.path.expanduser(path)
+  return os.path.expanduser(config.data.data_dir) if config.data.data_dir else data_dir_default()
+
+
+def prepare_command(name: str, directory: str) -> str:
+  """The shell command that prepares dataset `name` into `directory`."""
+  command = f"python -m spnet_jax.data.prepare --dataset {name} --data_dir {directory}"
+  if name in MANUAL_CONTENTS:
+    command += f" --manual_dir <folder with {MANUAL_CONTENTS[name]}>"
+  return command
+
+
+def create_builder(name: str, builder_config: str, directory: str) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of dataset `name` (prepared or not) in `directory`."""
+  if name not in _BUILDERS:
+    raise ValueError(f"Unknown dataset config.data.name={name!r}; valid: {sorted(_BUILDERS)}.")
+  module, tfds_name = _BUILDERS[name]
+  importlib.import_module(module)
+  return tfds.builder(f"{tfds_name}/{builder_config}", data_dir=directory)
+
+
+def prepare(name: str, builder_config: str, directory: str, manual_dir: str = ""):
+  """Prepares dataset `name` in `directory` (reading `manual_dir` for the real datasets)."""
+  builder = create_builder(name, builder_config, directory)
+  download_config = None
+  if name in MANUAL_CONTENTS:
+    if not manual_dir:
+      raise ValueError(
+        f"Preparing {name!r} needs --manual_dir: the folder holding {MANUAL_CONTENTS[name]} "
+        "(README.md, section 'Datasets')."
+      )
+    download_config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir))
+  builder.download_and_prepare(download_config=download_config)
+  return builder
 
 
 def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """Returns the prepared builder of config.data.name, preparing 'shapes' when allowed.
+  """Returns the prepared builder of config.data.name, preparing it when allowed.
+
+  The shapes dataset is generated on first use when config.data.auto_prepare is set; the real
+  datasets are prepared by config.data.auto_prepare only when config.data.manual_dir is given.
 
   Raises:
     ValueError: the dataset name is unknown, or the dataset is not prepared (the message gives
       the command that prepares it).
   """
   name = config.data.name
-  if name in PLANNED:
-    raise ValueError(
-      f"config.data.name={name!r} ({PLANNED[name]}) has no TFDS builder in this version of "
-      "spnet_jax yet: the model and recipe of this config are ready, its dataset is not. "
-      "Use configs/shapes_zlss.py, or see README.md ('Datasets') for the status."
-    )
-  if name not in _BUILDER_NAMES:
-    raise ValueError(
-      f"Unknown dataset config.data.name={name!r}; valid: "
-      f"{sorted(_BUILDER_NAMES) + sorted(PLANNED)}."
-    )
   directory = data_dir(config)
-  builder = tfds.builder(f"{_BUILDER_NAMES[name]}/{config.data.builder_config}", data_dir=directory)
-  if not builder.is_prepared():
-    if config.data.auto_prepare and name == "shapes":
-      logging.info(
-        "Generating the shapes dataset (%s) in %s; this happens once.",
-        config.data.builder_config,
-        directory,
-      )
-      builder.download_and_prepare()
-    else:
-      command = PREPARE_COMMANDS[name].format(data_dir=directory)
-      raise ValueError(
-        f"Dataset {name!r} ({config.data.builder_config}) is not prepared in {directory}. "
-        f"Prepare it with:\n  {command}\nor point config.data.data_dir at the folder that "
-        "holds it."
-      )
-  return builder
-
-
-# Make sure the builder class is registered with TFDS when this module is imported.
-_REGISTERED = (shapes.SpnetShapes,)
+  builder = create_builder(name, config.data.builder_config, directory)
+  if builder.is_prepared():
+    return builder
+  manual_dir = config.data.get("manual_dir", "")
+  if config.data.auto_prepare and (name not in MANUAL_CONTENTS or manual_dir):
+    logging.info(
+      "Preparing %s (%s) in %s; this happens once.", name, builder.info.full_name, directory
+    )
+    return prepare(name, config.data.builder_config, directory, manual_dir)
+  raise ValueError(
+    f"Dataset {name!r} ({config.data.builder_config}) is not prepared in {directory}. "
+    f"Prepare it with:\n  {prepare_command(name, directory)}\nor point config.data.data_dir at "
+    "the folder that holds it (README.md, section 'Datasets')."
+  )

@@ -115,11 +115,29 @@ def train_preprocess(example, seed, data_config: ml_collections.ConfigDict, tabl
 
 def eval_preprocess(example, data_config: ml_collections.ConfigDict, table: np.ndarray):
   """Decoded TFDS example -> (image, label, mask) for evaluation (no randomness)."""
+  cfg = data_config.eval
   image = normalize_image(example["image"], data_config.image_mode)
   label = tf.cast(example["label"][..., 0], tf.int32)
-  if data_config.eval.warp_size:
-    size = [data_config.eval.warp_size] * 2
-    image, label = resize_pair(image, label, size)
+  if cfg.full_resolution:
+    # Only the network input is warped; the original label is padded (ignore) to a fixed
+    # canvas so that batches stack, and its true size travels along for the logits.
+    size = [cfg.warp_size] * 2
+    image = tf.image.resize(image, size, method="bilinear", antialias=False)
+    label_size = tf.shape(label)
+    tf.debugging.assert_less_equal(
+      tf.reduce_max(label_size),
+      cfg.label_canvas,
+      message=f"an image is larger than config.data.eval.label_canvas={cfg.label_canvas}",
+    )
+    label = remap_labels(label, table)
+    label = tf.pad(
+      label,
+      [[0, cfg.label_canvas - label_size[0]], [0, cfg.label_canvas - label_size[1]]],
+      constant_values=splits.IGNORE_LABEL,
+    )
+    return {"image": image, "label": label, "label_size": label_size, "mask": tf.constant(True)}
+  if cfg.warp_size:
+    image, label = resize_pair(image, label, [cfg.warp_size] * 2)
   return {"image": image, "label": remap_labels(label, table), "mask": tf.constant(True)}
 
 

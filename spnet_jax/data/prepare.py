@@ -1,6 +1,10 @@
-"""Prepares a dataset as TFDS files: `python -m spnet_jax.data.prepare --dataset shapes`."""
+"""Prepares a dataset as TFDS files.
 
-import ml_collections
+python -m spnet_jax.data.prepare --dataset shapes
+python -m spnet_jax.data.prepare --dataset coco_stuff --manual_dir /data/cocostuff
+python -m spnet_jax.data.prepare --dataset voc_sbd --manual_dir /data/voc_sbd
+"""
+
 from absl import app, flags, logging
 
 from spnet_jax.data import datasets
@@ -9,22 +13,16 @@ _DATASET = flags.DEFINE_string("dataset", "shapes", "Dataset to prepare (config.
 _DATA_DIR = flags.DEFINE_string(
   "data_dir", "", "TFDS data folder (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)."
 )
+_MANUAL_DIR = flags.DEFINE_string(
+  "manual_dir", "", "Folder with the unpacked archives (coco_stuff, voc_sbd; README 'Datasets')."
+)
 _BUILDER_CONFIG = flags.DEFINE_string("builder_config", "default", "TFDS builder config.")
 
 
 def main(argv):
   del argv
-  config = ml_collections.ConfigDict(
-    {
-      "data": {
-        "name": _DATASET.value,
-        "data_dir": _DATA_DIR.value,
-        "builder_config": _BUILDER_CONFIG.value,
-        "auto_prepare": True,
-      }
-    }
-  )
-  builder = datasets.get_builder(config)
+  directory = _DATA_DIR.value or datasets.data_dir_default()
+  builder = datasets.prepare(_DATASET.value, _BUILDER_CONFIG.value, directory, _MANUAL_DIR.value)
   for split, info in builder.info.splits.items():
     logging.info("%s: %d examples", split, info.num_examples)
   print(f"Prepared {builder.info.full_name} in {builder.data_dir}")

@@ -33,6 +33,36 @@ def resize_logits(logits: jax.Array, height: int, width: int) -> jax.Array:
   return jax.image.resize(logits, shape, method="bilinear", antialias=False)
 
 
+def resize_logits_per_image(
+  logits: jax.Array, sizes: jax.Array, canvas: tuple[int, int]
+) -> jax.Array:
+  """Bilinear upsampling of each image's logits to its own (height, width), on a fixed canvas.
+
+  Args:
+    logits: [B, h, w, C] logits.
+    sizes: [B, 2] int target (height, width) of each image; may differ per image.
+    canvas: static (H, W) >= every target size; pixels beyond an image's size are filler.
+
+  Returns:
+    [B, H, W, C]; image b's logits resized to sizes[b] (half-pixel centres) in its top-left.
+  """
+  in_size = jnp.asarray(logits.shape[1:3], jnp.float32)
+
+  def one(image_logits, size):
+    scale = size.astype(jnp.float32) / in_size
+    return jax.image.scale_and_translate(
+      image_logits,
+      (*canvas, logits.shape[3]),
+      spatial_dims=(0, 1),
+      scale=scale,
+      translation=jnp.zeros((2,), jnp.float32),
+      method="linear",
+      antialias=False,
+    )
+
+  return jax.vmap(one)(logits, sizes)
+
+
 def multi_scale_logits(
   logits_fn: Callable[[jax.Array], jax.Array],
   images: jax.Array,

@@ -1,0 +1,80 @@
+"""Measures the training input pipeline: images/s of tf.data preprocessing for a config.
+
+  python -m spnet_jax.input_benchmark --config configs/coco_zlss.py \
+    --config.data.data_dir=/data/tfds [--batches 50]
+
+With --fake_images N it first writes N fake 640x480 COCO-Stuff-format images (real JPEG/PNG
+files) into a temporary manual directory and prepares them, so it runs on any machine.
+"""
+
+import os
+import tempfile
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from spnet_jax.data import datasets, pipeline, splits
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+flags.DEFINE_integer("batches", 40, "Batches timed after warm-up.")
+flags.DEFINE_integer("warmup_batches", 5, "Batches read before timing.")
+flags.DEFINE_integer("fake_images", 0, "Generate this many fake 640x480 images first (0: off).")
+flags.mark_flags_as_required(["config"])
+
+
+def usable_cores() -> int:
+  """CPU cores this process may run on (what tf.data's thread pool can use)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def time_pipeline(config, builder, batches: int, warmup: int) -> dict:
+  """Reads warmup + batches batches of the training stream; returns throughput figures."""
+  split = splits.get_split(config.data.name, config.data.split)
+  iterator = pipeline.create_train_iterator(
+    config.data, builder, split.train_classes, config.train.batch_size, seed=0
+  )
+  for _ in range(warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    batch = next(iterator)
+  seconds = time.perf_counter() - start
+  images = batches * config.train.batch_size
+  cores = usable_cores()
+  return {
+    "images_per_sec": images / seconds,
+    "images_per_sec_per_core": images / seconds / cores,
+    "cores": cores,
+    "batch_shape": list(batch["image"].shape),
+    "seconds": seconds,
+  }
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  with tempfile.TemporaryDirectory() as scratch:
+    if FLAGS.fake_images:
+      from spnet_jax.data import fake_data
+
+      manual = os.path.join(scratch, "manual")
+      fake_data.write_fake_manual_dir(
+        manual, config.data.name, num_train=FLAGS.fake_images, num_test=2, size=(480, 640)
+      )
+      config.data.data_dir = os.path.join(scratch, "tfds")
+      config.data.manual_dir = manual
+      config.data.auto_prepare = True
+    builder = datasets.get_builder(config)
+    figures = time_pipeline(config, builder, FLAGS.batches, FLAGS.warmup_batches)
+  print(
+    f"input pipeline ({config.data.name}, batch {config.train.batch_size}, "
+    f"shape {figures['batch_shape']}): {figures['images_per_sec']:.1f} images/s on "
+    f"{figures['cores']} cores = {figures['images_per_sec_per_core']:.1f} images/s per core"
+  )
+  print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()})
+
+
+if __name__ == "__main__":
+  app.run(main)
