@@ -3,8 +3,9 @@
   python -m spnet_jax.input_benchmark --config configs/coco_zlss.py \
     --config.data.data_dir=/data/tfds [--batches 50]
 
-With --fake_images N it first writes N fake 640x480 COCO-Stuff-format images (real JPEG/PNG
-files) into a temporary manual directory and prepares them, so it runs on any machine.
+With --fake_images N it first writes N fake photo-sized (640x480 and alike) images in the
+dataset's real formats (JPEG/PNG) into a temporary manual directory and prepares them, so it
+runs on any machine.
 """
 
 import os
@@ -61,7 +62,7 @@ def main(argv):
 
       manual = os.path.join(scratch, "manual")
       fake_data.write_fake_manual_dir(
-        manual, config.data.name, num_train=FLAGS.fake_images, num_test=2, size=(480, 640)
+        manual, config.data.name, num_train=FLAGS.fake_images, num_test=2, realistic=True
       )
       config.data.data_dir = os.path.join(scratch, "tfds")
       config.data.manual_dir = manual

@@ -283,3 +283,14 @@ def test_eval_preprocess_warp_and_mask():
   np.testing.assert_array_equal(
     out["label"].numpy(), table[block_example(2)["label"][1::2, 1::2, 0]]
   )
+
+
+@pytest.mark.parametrize("size", [(7, 5), (33, 40), (48, 48), (100, 13)])
+def test_resize_label_nearest_uses_pils_half_pixel_rule(size):
+  rng = np.random.default_rng(1)
+  label = rng.integers(0, 256, size=(21, 17)).astype(np.uint8)
+  out = pipeline.resize_label_nearest(tf.constant(label), size).numpy()
+  rows = [min(int(np.floor((i + 0.5) * 21 / size[0])), 20) for i in range(size[0])]
+  cols = [min(int(np.floor((j + 0.5) * 17 / size[1])), 16) for j in range(size[1])]
+  np.testing.assert_array_equal(out, label[np.ix_(rows, cols)])
+  assert out.dtype == np.uint8

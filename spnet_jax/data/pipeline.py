@@ -45,19 +45,42 @@ def normalize_image(image: tf.Tensor, mode: str) -> tf.Tensor:
   raise ValueError(f"Unknown config.data.image_mode {mode!r}; valid: {IMAGE_MODES}.")
 
 
-def resize_pair(image: tf.Tensor, label: tf.Tensor, size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """Resizes image (bilinear) and label (nearest) to `size` = (height, width)."""
+def resize_label_nearest(label: tf.Tensor, size) -> tf.Tensor:
+  """Nearest-neighbour label resize by gathers, PIL's rule: source floor((i + 0.5) * in / out).
+
+  Several times faster than tf.image.resize(method='nearest') on label maps, and it keeps the
+  label's dtype.
+  """
+  shape = tf.cast(tf.shape(label)[:2], tf.float32)
+  size = tf.convert_to_tensor(size, tf.int32)
+  indices = []
+  for axis in range(2):
+    out = size[axis]
+    source = tf.floor(
+      (tf.range(out, dtype=tf.float32) + 0.5) * shape[axis] / tf.cast(out, tf.float32)
+    )
+    indices.append(tf.minimum(tf.cast(source, tf.int32), tf.cast(shape[axis], tf.int32) - 1))
+  return tf.gather(tf.gather(label, indices[0], axis=0), indices[1], axis=1)
+
+
+def resize_pair(image: tf.Tensor, label: tf.Tensor, size) -> tuple[tf.Tensor, tf.Tensor]:
+  """Resizes image (bilinear, half-pixel centres) and label (nearest) to `size` = (h, w)."""
   image = tf.image.resize(image, size, method="bilinear", antialias=False)
-  label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
-  return image, label
+  return image, resize_label_nearest(label, size)
 
 
-def random_scale(image, label, seed, min_scale: float, max_scale: float):
-  """Rescales both by one factor drawn uniformly from [min_scale, max_scale]."""
-  factor = tf.random.stateless_uniform([], seed, min_scale, max_scale)
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  size = tf.cast(shape * factor, tf.int32)
-  return resize_pair(image, label, size)
+def scaled_size(image: tf.Tensor, seed, warp_size: int, min_scale: float, max_scale: float):
+  """Training size: (warp_size or the image size) x a factor drawn from [min_scale, max_scale].
+
+  Warping to warp_size and then rescaling is done as one resize to this size: the same geometry
+  as two resizes with one interpolation less (and half the work).
+  """
+  size = tf.cast(tf.shape(image)[:2], tf.float32)
+  if warp_size:
+    size = tf.constant([warp_size, warp_size], tf.float32)
+  if min_scale != 1.0 or max_scale != 1.0:
+    size = size * tf.random.stateless_uniform([], seed, min_scale, max_scale)
+  return tf.cast(size, tf.int32)
 
 
 def pad_to_at_least(image, label, size: int):
@@ -100,11 +123,10 @@ def train_preprocess(example, seed, data_config: ml_collections.ConfigDict, tabl
   cfg = data_config.train
   seeds = tf.random.experimental.stateless_split(seed, 3)
   image = normalize_image(example["image"], data_config.image_mode)
-  label = tf.cast(example["label"][..., 0], tf.int32)
-  if cfg.warp_size:
-    image, label = resize_pair(image, label, [cfg.warp_size, cfg.warp_size])
-  if cfg.min_scale != 1.0 or cfg.max_scale != 1.0:
-    image, label = random_scale(image, label, seeds[0], cfg.min_scale, cfg.max_scale)
+  label = example["label"][..., 0]  # uint8 until the remap: cheaper to move around.
+  if cfg.warp_size or cfg.min_scale != 1.0 or cfg.max_scale != 1.0:
+    size = scaled_size(image, seeds[0], cfg.warp_size, cfg.min_scale, cfg.max_scale)
+    image, label = resize_pair(image, label, size)
   if cfg.crop_size:
     image, label = pad_to_at_least(image, label, cfg.crop_size)
     image, label = random_crop(image, label, seeds[1], cfg.crop_size)
