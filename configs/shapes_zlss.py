@@ -49,11 +49,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = model = ml_collections.ConfigDict()
   model.backbone = "tiny"  # 'resnet101', 'vgg16' or 'tiny'.
+  model.stride_in_3x3 = False  # ResNet: torchvision layout (stride in the 3x3 conv, not the 1x1).
+  # Converted weights to start from (python -m spnet_jax.convert ...); '' for random init.
+  model.init_checkpoint = ""
   model.width = 48  # Tiny backbone channels.
   model.dilations = (1, 2, 4, 8)  # Tiny backbone: one residual block per dilation.
   model.embedding_head = "aspp"  # 'aspp', 'aspp_l' or 'conv1x1': emits d_w channels.
   model.aspp_rates = (1, 2)  # Dilations of the ASPP branches (at output stride 4).
-  model.classifier = "projection"  # 'projection' (SPNet) or 'learned' (DeepLab baseline).
+  # 'projection' (SPNet), 'learned' (trainable 1x1 classifier on the d_w features) or
+  # 'deeplab' (the embedding head emits class logits directly, as DeepLab-v2).
+  model.classifier = "projection"
   model.learned_head_width = 0  # Learned classifier: feature width before it (0: d_w).
   model.msc_scales = ()  # Extra multi-scale input scales (SPNet: (0.5, 0.75)); () is off.
   model.dtype = "float32"  # Compute dtype ('bfloat16' on TPU/GPU); parameters stay float32.

@@ -15,7 +15,7 @@ from clu import metric_writers
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from spnet_jax import checkpoint, embeddings, evaluate, train
+from spnet_jax import checkpoint, embeddings, evaluate, pretrained, train
 from spnet_jax import config_validation as validation
 from spnet_jax import optimizer as optim
 from spnet_jax.data import datasets, splits
@@ -50,7 +50,11 @@ def create_setup(config: ml_collections.ConfigDict) -> RunSetup:
 
 
 def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None):
-  """The latest checkpoint (or `step`) if there is one, else freshly initialised parameters."""
+  """The latest checkpoint (or `step`) if there is one, else new parameters.
+
+  New parameters come from config.model.init_checkpoint (converted weights) where given, and
+  are freshly initialised otherwise (and for every variable the converted weights lack).
+  """
   config, mesh = setup.config, setup.mesh
   replicated = NamedSharding(mesh, P())
   init = lambda rng: train.create_train_state(
@@ -66,6 +70,8 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   if step is not None:
     raise ValueError(f"No checkpoint step {step} in {manager.directory}.")
   state = jax.jit(init, out_shardings=replicated)(rng)
+  if config.model.init_checkpoint:
+    state = pretrained.load_into_state(state, config, setup.tx)
   count = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Initialised %s parameters (trainable).", f"{count:,}")
   return state
@@ -79,7 +85,7 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> dict:
   """
   config = setup.config
   tasks = evaluate.create_tasks(
-    setup.split, gamma_grid(config), learned_classifier=config.model.classifier == "learned"
+    setup.split, gamma_grid(config), learned_classifier=config.model.classifier != "projection"
   )
   calibration_split = config.eval.calibration_split
   if calibration_split:
@@ -184,10 +190,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     jax.process_count(),
   )
   if config.mode == "evaluate":
-    if manager.latest_step() is None:
+    if manager.latest_step() is None and not config.model.init_checkpoint:
       raise ValueError(
         f"config.mode='evaluate' needs a checkpoint, and {manager.directory} has "
-        "none: train first (config.mode='train_and_evaluate')."
+        "none: train first (config.mode='train_and_evaluate'), or evaluate converted weights "
+        "with --config.model.init_checkpoint=DIR."
       )
     state = initial_or_restored_state(setup, manager, config.eval.checkpoint_step or None)
   else:

@@ -71,7 +71,7 @@ def logits_for_classes(
   The projection head is evaluated only against those classes' embeddings; the learned head
   scores its fixed class list and the requested columns are taken from it.
   """
-  if model.classifier is None:
+  if model.projection:
     return model.apply(variables, images, class_embeddings[class_ids])
   return jnp.take(model.apply(variables, images), class_ids, axis=-1)
 

@@ -460,3 +460,17 @@ def plan_splits(
     )
     for split, source in sources.items()
   }
+
+
+def segmentation_features() -> tfds.features.FeaturesDict:
+  """Features of the real datasets: JPEG image, single-channel PNG label map, image id."""
+  return tfds.features.FeaturesDict(
+    {
+      # Stored as the original JPEG bytes: no decode and re-encode on the way in.
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      "label": tfds.features.Image(
+        shape=(None, None, 1), encoding_format="png", use_colormap=False
+      ),
+      "image_id": tfds.features.Text(),
+    }
+  )

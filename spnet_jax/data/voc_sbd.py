@@ -76,16 +76,7 @@ class VocSbd(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-      features=tfds.features.FeaturesDict(
-        {
-          # Stored as the original JPEG bytes: no decode and re-encode on the way in.
-          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-          "label": tfds.features.Image(
-            shape=(None, None, 1), encoding_format="png", use_colormap=False
-          ),
-          "image_id": tfds.features.Text(),
-        }
-      ),
+      features=manual_checks.segmentation_features(),
       supervised_keys=("image", "label"),
       homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
       citation=_CITATION,

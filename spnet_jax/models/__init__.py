@@ -9,7 +9,7 @@ from spnet_jax.models import aspp, heads, layers, resnet, tiny, vgg
 
 BACKBONES = ("resnet101", "vgg16", "tiny")
 EMBEDDING_HEADS = ("aspp", "aspp_l", "conv1x1")
-CLASSIFIERS = ("projection", "learned")
+CLASSIFIERS = ("projection", "learned", "deeplab")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -19,18 +19,22 @@ class SegmentationNet(nn.Module):
   With the 'projection' classifier the embedding head emits phi(x) in the word-embedding space
   and the logits are inner products with the class embeddings passed to __call__ (they are an
   input, never a parameter). With the 'learned' classifier a 1x1 layer with a bias scores a
-  fixed list of classes and the embeddings are ignored.
+  fixed list of classes and the embeddings are ignored. With 'deeplab' (projection=False, no
+  classifier) the embedding head's outputs are the class logits, as in DeepLab-v2 itself.
   """
 
   backbone: nn.Module
   embedding_head: nn.Module
   classifier: nn.Module | None = None
+  projection: bool = True
 
   def __call__(self, images: jax.Array, class_embeddings: jax.Array | None = None) -> jax.Array:
     """Returns float32 logits [B, h, w, C] at the backbone's output resolution."""
     features = self.embedding_head(self.backbone(images))
     if self.classifier is not None:
       return self.classifier(features)
+    if not self.projection:
+      return features.astype(jnp.float32)
     if class_embeddings is None:
       raise ValueError("The projection classifier needs the class embedding matrix.")
     return heads.semantic_projection(features, class_embeddings)
@@ -82,6 +86,8 @@ def create_model(
   elif model_config.classifier == "learned":
     head_width = model_config.learned_head_width or embedding_dim
     classifier = heads.LearnedClassifier(num_classes, dtype=dtype)
+  elif model_config.classifier == "deeplab":
+    head_width, classifier = num_classes, None
   else:
     raise ValueError(
       f"Unknown config.model.classifier {model_config.classifier!r}; valid: {CLASSIFIERS}."
@@ -97,4 +103,9 @@ def create_model(
     head = Conv1x1Head(head_width, dtype=dtype)
   else:
     raise ValueError(f"Unknown config.model.embedding_head {kind!r}; valid: {EMBEDDING_HEADS}.")
-  return SegmentationNet(backbone=backbone, embedding_head=head, classifier=classifier)
+  return SegmentationNet(
+    backbone=backbone,
+    embedding_head=head,
+    classifier=classifier,
+    projection=model_config.classifier == "projection",
+  )
