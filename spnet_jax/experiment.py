@@ -199,7 +199,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = initial_or_restored_state(setup, manager, config.eval.checkpoint_step or None)
   else:
     state = initial_or_restored_state(setup, manager)
-    state = train.train(config, workdir, setup, state, manager, writer)
+    state, preempted = train.train(config, workdir, setup, state, manager, writer)
+    if preempted:
+      manager.close()
+      writer.close()
+      return {"preempted_at_step": int(state.step)}
   results = calibrate_and_evaluate(setup, state)
   write_results(workdir, results, setup, writer)
   manager.close()

@@ -1,6 +1,7 @@
 """Train state, jitted training step over a data-parallel mesh, and the training loop."""
 
 import functools
+import signal
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -173,6 +175,60 @@ def all_finite(tree) -> bool:
   return bool(jnp.all(jnp.stack(leaves))) if leaves else True
 
 
+def compile_and_describe(step_fn, *args):
+  """Compiles the training step for `args` and logs its FLOPs and memory per device."""
+  start = time.time()
+  compiled = step_fn.lower(*args).compile()
+  cost = compiled.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, list) else cost
+  memory = compiled.memory_analysis()
+  mib = lambda n: f"{n / 2**20:,.1f} MiB"
+  if memory is not None:
+    logging.info(
+      "Compiled the training step in %.1f s: %.3g GFLOP per step; per device: arguments %s, "
+      "outputs %s, temporaries %s, code %s.",
+      time.time() - start,
+      cost.get("flops", float("nan")) / 1e9,
+      mib(memory.argument_size_in_bytes),
+      mib(memory.output_size_in_bytes),
+      mib(memory.temp_size_in_bytes),
+      mib(memory.generated_code_size_in_bytes),
+    )
+  return compiled
+
+
+class PreemptionSignal:
+  """Turns SIGTERM (what TPU/GPU schedulers send before preempting) into a flag the loop polls.
+
+  On a single process the flag is read every step; with several processes they agree through
+  an all-gather every `sync_every` steps, so all of them save the same step and stop together.
+  """
+
+  def __init__(self, sync_every: int):
+    self.received = False
+    self.sync_every = sync_every
+    self._previous = None
+
+  def __enter__(self) -> "PreemptionSignal":
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.received = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.received
+    if step % self.sync_every:
+      return False
+    flags = multihost_utils.process_allgather(np.asarray(self.received))
+    return bool(np.any(flags))
+
+
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss; the run stops without saving that state."""
 
@@ -184,12 +240,15 @@ def train(
   state: TrainState,
   manager,
   writer: metric_writers.MetricWriter,
-) -> TrainState:
+) -> tuple[TrainState, bool]:
   """Runs the training loop from state.step to config.train.num_steps.
 
   Checkpoints every config.train.checkpoint_every_steps and at the end. A non-finite loss
   stops the run with its step number; parameters are checked before every save, so the last
-  checkpoint on disk is always a good one.
+  checkpoint on disk is always a good one. SIGTERM saves the current step and stops early.
+
+  Returns:
+    The final state, and whether training stopped early on SIGTERM.
   """
   cfg = config.train
   mesh, model = setup.mesh, setup.model
@@ -198,7 +257,7 @@ def train(
   num_steps = cfg.num_steps
   if start_step >= num_steps:
     logging.info("Checkpoint step %d >= num_steps %d: nothing to train.", start_step, num_steps)
-    return state
+    return state, False
   batch_sharding = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
   local_batch = cfg.batch_size // jax.process_count()
@@ -226,21 +285,26 @@ def train(
   )
   schedule = optim.create_learning_rate_schedule(config.optimizer, num_steps)
   logging.info(
-    "Training steps %d..%d, global batch %d (%d per process, %d per device).",
+    "Training steps %d..%d, global batch %d (%d per process, %d per device), mesh %s, "
+    "%s trainable parameters.",
     start_step,
     num_steps,
     cfg.batch_size,
     local_batch,
     cfg.batch_size // jax.device_count(),
+    dict(mesh.shape),
+    f"{sum(x.size for x in jax.tree.leaves(state.params)):,}",
   )
 
   pending: list[dict[str, jax.Array]] = []
   last_log_time, last_log_step = time.time(), start_step
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), PreemptionSignal(cfg.log_every_steps) as preemption:
     device_batches = prefetch_to_device(batches, batch_sharding)
+    first_batch = next(device_batches)
+    compiled_step = compile_and_describe(step_fn, state, first_batch, class_embeddings, rng)
     for step in range(start_step + 1, num_steps + 1):
-      batch = next(device_batches)
-      state, metrics = step_fn(state, batch, class_embeddings, rng)
+      batch = first_batch if step == start_step + 1 else next(device_batches)
+      state, metrics = compiled_step(state, batch, class_embeddings, rng)
       pending.append(metrics)
       report(step, time.time())
       now = time.time()
@@ -283,15 +347,19 @@ def train(
         )
         pending.clear()
         last_log_time, last_log_step = now, step
-      if step % cfg.checkpoint_every_steps == 0 or step == num_steps:
+      preempted = preemption.should_stop(step)
+      if step % cfg.checkpoint_every_steps == 0 or step == num_steps or preempted:
         if not all_finite(state.params):
           raise NonFiniteLossError(
             f"Non-finite parameters at step {step}; not saving them. The last good "
             f"checkpoint is step {manager.latest_step()} in {workdir}/checkpoints."
           )
         checkpoint.save(manager, step, state)
+      if preempted:
+        logging.warning("SIGTERM: saved step %d and stopping; rerun to resume.", step)
+        break
   manager.wait_until_finished()
-  return state
+  return state, preempted
 
 
 def _format_seconds(seconds: float) -> str:

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -166,3 +167,52 @@ def test_full_resolution_protocol_scores_original_labels(fast_config, tmp_path):
   fast_config.data.eval.label_canvas = 0
   with pytest.raises(ValueError, match=r"config\.data\.eval\.full_resolution"):
     experiment.create_setup(fast_config)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_rerun_resumes(shapes_data_dir, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  command = [
+    sys.executable,
+    "-m",
+    "spnet_jax.main",
+    "--config",
+    "configs/shapes_zlss.py",
+    "--workdir",
+    workdir,
+    f"--config.data.data_dir={shapes_data_dir}",
+    "--config.data.builder_config=tiny",
+    "--config.model.width=8",
+    "--config.model.dilations=(1,)",
+    "--config.train.batch_size=4",
+    "--config.train.num_steps=100000",
+    "--config.train.checkpoint_every_steps=100000",
+    "--config.train.log_every_steps=5",
+  ]
+  process = subprocess.Popen(
+    command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+  output = []
+  for line in process.stdout:
+    output.append(line)
+    if "step 10/100000" in line:
+      process.send_signal(signal.SIGTERM)
+      break
+  output.append(process.communicate(timeout=120)[0])
+  assert process.returncode == 0, "".join(output)[-3000:]
+  manager = checkpoint.create_manager(workdir, 5)
+  saved = manager.latest_step()
+  manager.close()
+  assert saved is not None and saved >= 10
+  assert "SIGTERM: saved step" in "".join(output)
+  # The same command resumes from the saved step (here: straight to evaluation).
+  result = subprocess.run(
+    [*command[:-3], f"--config.train.num_steps={saved}", "--config.train.log_every_steps=5"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Restored checkpoint step {saved}" in result.stderr
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["step"] == saved
