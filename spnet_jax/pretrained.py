@@ -12,20 +12,37 @@ import optax
 from absl import logging
 
 
+def expected_fields(metadata: dict) -> dict[str, object]:
+  """Config fields (as 'section.name') whose values the converted weights require."""
+  from spnet_jax import convert  # Reading metadata needs no torch.
+
+  expected: dict[str, object] = {
+    "data.image_mode": metadata.get("image_mode"),
+    "model.backbone": metadata.get("arch"),
+    "model.stride_in_3x3": bool(metadata.get("stride_in_3x3", False)),
+  }
+  if metadata.get("arch") in ("resnet101", "vgg16"):
+    overrides = convert.model_config_for(metadata)
+    fresh = metadata.get("initialised_fresh", [])
+    if not any(name.startswith("params/embedding_head") for name in fresh):
+      # The head's weights are part of the checkpoint: its layout must match too.
+      expected["model.embedding_head"] = overrides["embedding_head"]
+      expected["model.aspp_rates"] = tuple(overrides["aspp_rates"])
+    for key in ("classifier", "learned_head_width"):
+      if key in overrides:
+        expected[f"model.{key}"] = overrides[key]
+  elif metadata.get("classifier"):
+    expected["model.classifier"] = metadata["classifier"]
+  return {field: value for field, value in expected.items() if value is not None}
+
+
 def check_compatible(metadata: dict, config: ml_collections.ConfigDict, path: str) -> None:
   """Raises ValueError when the converted weights do not fit config.model / config.data."""
-  wanted = {
-    "data.image_mode": (metadata.get("image_mode"), config.data.image_mode),
-    "model.backbone": (metadata.get("arch"), config.model.backbone),
-    "model.stride_in_3x3": (
-      bool(metadata.get("stride_in_3x3", False)),
-      bool(config.model.stride_in_3x3),
-    ),
-  }
-  if metadata.get("classifier"):
-    wanted["model.classifier"] = (metadata["classifier"], config.model.classifier)
-  for field, (theirs, ours) in wanted.items():
-    if theirs is not None and theirs != ours:
+  for field, theirs in expected_fields(metadata).items():
+    section, name = field.split(".")
+    ours = config[section][name]
+    ours = tuple(ours) if isinstance(ours, list | tuple) else ours
+    if theirs != ours:
       raise ValueError(
         f"{path} was converted for {field}={theirs!r} but the config has config.{field}="
         f"{ours!r}. Set --config.{field}={theirs!r} (the weights were trained with that "

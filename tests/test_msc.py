@@ -38,9 +38,9 @@ def torch_bilinear(x: np.ndarray, out_h: int, out_w: int, scale_h: float, scale_
 
 
 def np_rescale(x: np.ndarray, factor: float) -> np.ndarray:
-  """interpolate(scale_factor=factor): size floor(side * factor), coordinates use the factor."""
+  """SPNet's MSC input: interpolate(size=floor(side * factor)), coordinates use the size ratio."""
   out_h, out_w = int(np.floor(x.shape[1] * factor)), int(np.floor(x.shape[2] * factor))
-  return torch_bilinear(x, out_h, out_w, factor, factor)
+  return torch_bilinear(x, out_h, out_w, out_h / x.shape[1], out_w / x.shape[2])
 
 
 def np_resize(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -64,21 +64,21 @@ def test_rescale_images_matches_pytorch(factor, size):
 
 
 def test_rescale_images_hand_case():
-  # One row 0..8 (width 9), factor 0.75: output width floor(6.75) = 6, source (j + 0.5) / 0.75
-  # - 0.5 = 1/6, 3/2, 17/6, 25/6, 11/2, 41/6. On a ramp the result is the source coordinate.
-  x = jnp.arange(9, dtype=jnp.float32).reshape(1, 1, 9, 1)
-  got = np.asarray(rescale_images(jnp.tile(x, (1, 2, 1, 1)), 0.75))
-  assert got.shape == (1, 1, 6, 1)
-  np.testing.assert_allclose(got[0, 0, :, 0], [1 / 6, 1.5, 17 / 6, 25 / 6, 5.5, 41 / 6], rtol=1e-5)
+  # One row 0..9 (width 10), factor 0.5: output width 5, source (j + 0.5) * 10 / 5 - 0.5
+  # = 0.5, 2.5, 4.5, 6.5, 8.5. On a ramp the result is the source coordinate.
+  x = jnp.arange(10, dtype=jnp.float32).reshape(1, 1, 10, 1)
+  got = np.asarray(rescale_images(jnp.tile(x, (1, 2, 1, 1)), 0.5))
+  assert got.shape == (1, 1, 5, 1)
+  np.testing.assert_allclose(got[0, 0, :, 0], [0.5, 2.5, 4.5, 6.5, 8.5], rtol=1e-5)
 
 
-def test_rescale_images_uses_the_factor_not_the_size_ratio():
-  # 21 * 0.75 = 15.75 -> 15: the size ratio 15/21 gives different source coordinates.
+def test_rescale_images_uses_the_size_ratio_like_spnet():
+  # 21 * 0.75 = 15.75 -> 15: SPNet maps coordinates with 15/21, not with the factor 0.75.
   x = np.random.default_rng(1).normal(size=(1, 21, 21, 1)).astype(np.float32)
   got = np.asarray(rescale_images(jnp.asarray(x), 0.75))
-  by_size = np_resize(x, 15, 15)
-  assert np.abs(got - by_size).max() > 1e-2
-  np.testing.assert_allclose(got, np_rescale(x, 0.75), rtol=1e-5, atol=1e-5)
+  by_factor = torch_bilinear(x, 15, 15, 0.75, 0.75)
+  assert np.abs(got - by_factor).max() > 1e-2
+  np.testing.assert_allclose(got, np_resize(x, 15, 15), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,3 +77,28 @@ def test_evaluate_converted_weights_through_the_entry_point(fast_config, tmp_pat
   fast_config.model.init_checkpoint = directory
   evaluated = experiment.train_and_evaluate(fast_config, str(tmp_path / "eval"))
   assert evaluated["test"] == trained["test"]
+
+
+def test_converted_spnet_head_layout_must_match(fast_config):
+  metadata = {
+    "image_mode": "caffe_bgr",
+    "arch": "resnet101",
+    "stride_in_3x3": False,
+    "classifier": "projection",
+    "embedding_dim": 600,
+    "initialised_fresh": [],
+  }
+  fast_config.data.image_mode = "caffe_bgr"
+  fast_config.model.backbone = "resnet101"
+  fast_config.model.embedding_head = "conv1x1"
+  with pytest.raises(ValueError, match=r"model\.embedding_head='aspp'"):
+    pretrained.check_compatible(metadata, fast_config, "ckpt")
+  fast_config.model.embedding_head = "aspp"
+  with pytest.raises(ValueError, match=r"model\.aspp_rates=\(6, 12, 18, 24\)"):
+    pretrained.check_compatible(metadata, fast_config, "ckpt")
+  fast_config.model.aspp_rates = (6, 12, 18, 24)
+  pretrained.check_compatible(metadata, fast_config, "ckpt")
+  # An ImageNet init has no head: any head layout fits.
+  metadata["initialised_fresh"] = ["params/embedding_head/c0/conv/kernel"]
+  fast_config.model.aspp_rates = (1, 2)
+  pretrained.check_compatible(metadata, fast_config, "ckpt")

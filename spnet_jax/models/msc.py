@@ -7,22 +7,14 @@ import jax.numpy as jnp
 
 
 def rescale_images(images: jax.Array, factor: float) -> jax.Array:
-  """Bilinear rescale by `factor`, as PyTorch interpolate(scale_factor=f, align_corners=False).
+  """Bilinear rescale to floor(side * factor), as SPNet's MSC does.
 
-  The output side is floor(side * factor) and source coordinates use 1/factor exactly (not the
-  ratio of the rounded sizes), as PyTorch does when given a scale factor.
+  SPNet calls interpolate(size=(int(h * p), int(w * p)), align_corners=False): the source
+  coordinates follow the ratio of the rounded sizes (half-pixel centres, no antialiasing).
   """
   batch, height, width, channels = images.shape
   shape = (batch, int(height * factor), int(width * factor), channels)
-  return jax.image.scale_and_translate(
-    images,
-    shape,
-    spatial_dims=(1, 2),
-    scale=jnp.array([factor, factor], jnp.float32),
-    translation=jnp.zeros((2,), jnp.float32),
-    method="linear",
-    antialias=False,
-  )
+  return jax.image.resize(images, shape, method="bilinear", antialias=False)
 
 
 def resize_logits(logits: jax.Array, height: int, width: int) -> jax.Array:
