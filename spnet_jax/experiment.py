@@ -77,8 +77,10 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   return state
 
 
-def calibrate_and_evaluate(setup: RunSetup, state) -> dict:
+def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.ndarray]]:
   """Chooses gamma on the calibration split, then evaluates the test split.
+
+  Returns the results (as written to results.json) and the test split's confusion matrices.
 
   Gamma is the best-H point of a sweep on config.eval.calibration_split (images the model
   never trained on, and never the test split).
@@ -97,7 +99,7 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> dict:
     gamma, source = float(config.eval.gamma), "config.eval.gamma"
     sweep = None
   test_conf = evaluate.compute_confusions(setup, state, config.eval.test_split, tasks)
-  return {
+  results = {
     "dataset": config.data.name,
     "class_split": config.data.split,
     "test_split": config.eval.test_split,
@@ -108,9 +110,11 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> dict:
       "val": setup.split.names(setup.split.val),
       "unseen": setup.split.names(setup.split.unseen),
     },
+    "gamma_grid": list(tasks.gammas),
     "gamma_sweep": sweep,
     "test": evaluate.summarize(test_conf, tasks, setup.split, gamma, source),
   }
+  return results, test_conf
 
 
 def protocol_name(config: ml_collections.ConfigDict) -> str:
@@ -133,9 +137,18 @@ def gamma_grid(config: ml_collections.ConfigDict) -> list[float]:
 
 
 def write_results(
-  workdir: str, results: dict, setup: RunSetup, writer: metric_writers.MetricWriter
+  workdir: str,
+  results: dict,
+  confusions: dict[str, np.ndarray],
+  setup: RunSetup,
+  writer: metric_writers.MetricWriter,
 ) -> None:
-  """Writes results.json and the summary scalars (process 0 only), and prints the table."""
+  """Writes results.json, confusions.npz and summary scalars (process 0), prints the table.
+
+  confusions.npz holds the test split's matrices [C, C + 1] (rows: ground truth, columns:
+  prediction, last column: no prediction): 'zlss', and 'gzlss' with one matrix per gamma of
+  results['gamma_grid'].
+  """
   test = results["test"]
   scalars = {
     "eval_zlss_unseen_miou": test["zlss"]["unseen_miou"],
@@ -152,6 +165,7 @@ def write_results(
   writer.flush()
   if jax.process_index() != 0:
     return
+  np.savez(os.path.join(workdir, "confusions.npz"), **confusions)
   path = os.path.join(workdir, "results.json")
   with open(path, "w") as f:
     json.dump(_json_safe(results), f, indent=2)
@@ -204,8 +218,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       manager.close()
       writer.close()
       return {"preempted_at_step": int(state.step)}
-  results = calibrate_and_evaluate(setup, state)
-  write_results(workdir, results, setup, writer)
+  results, confusions = calibrate_and_evaluate(setup, state)
+  write_results(workdir, results, confusions, setup, writer)
   manager.close()
   writer.close()
   return results

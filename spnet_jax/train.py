@@ -261,10 +261,14 @@ def train(
   batch_sharding = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
   local_batch = cfg.batch_size // jax.process_count()
-  # The data stream is a function of the seed and the step it starts from.
-  data_seed = int(np.random.default_rng([config.seed, start_step]).integers(2**31))
+  # The data stream is a function of the seed and the step: a resumed run continues it exactly.
   batches = pipeline.create_train_iterator(
-    config.data, setup.builder, setup.split.train_classes, local_batch, data_seed
+    config.data,
+    setup.builder,
+    setup.split.train_classes,
+    cfg.batch_size,
+    config.seed,
+    start_step=start_step,
   )
   step_fn = jax.jit(
     functools.partial(

@@ -294,3 +294,21 @@ def test_resize_label_nearest_uses_pils_half_pixel_rule(size):
   cols = [min(int(np.floor((j + 0.5) * 17 / size[1])), 16) for j in range(size[1])]
   np.testing.assert_array_equal(out, label[np.ix_(rows, cols)])
   assert out.dtype == np.uint8
+
+
+def test_training_stream_is_a_function_of_the_step(fast_config):
+  from spnet_jax.data import datasets
+
+  builder = datasets.get_builder(fast_config)
+  classes = splits.get_split("shapes", "default").train_classes
+  stream = pipeline.create_train_iterator(fast_config.data, builder, classes, 4, seed=3)
+  first = [next(stream) for _ in range(20)]  # 80 examples: more than one epoch of 48.
+  resumed = pipeline.create_train_iterator(
+    fast_config.data, builder, classes, 4, seed=3, start_step=13
+  )
+  for step in range(13, 20):
+    batch = next(resumed)
+    np.testing.assert_array_equal(batch["image"], first[step]["image"])
+    np.testing.assert_array_equal(batch["label"], first[step]["label"])
+  other = next(pipeline.create_train_iterator(fast_config.data, builder, classes, 4, seed=4))
+  assert not np.array_equal(other["image"], first[0]["image"])

@@ -167,35 +167,53 @@ def create_train_iterator(
   data_config: ml_collections.ConfigDict,
   builder: tfds.core.DatasetBuilder,
   train_classes: tuple[int, ...],
-  local_batch_size: int,
+  global_batch_size: int,
   seed: int,
+  start_step: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless iterator of this process's training batches (numpy), labels remapped.
+  """Endless iterator of this process's share of each global training batch, from start_step.
+
+  The stream is a function of the seed and the global step only: example k of the endless
+  shuffled sequence is augmented with a seed derived from k, global batch t holds examples
+  t*B..(t+1)*B-1, and process p takes the p-th of its equal slices. So a run resumed at step t
+  sees exactly the batches an uninterrupted run would, whatever the number of processes. Every
+  process reads the records of the split, but decodes and augments only its own share.
 
   Args:
     data_config: config.data.
     builder: a prepared TFDS builder.
     train_classes: label values trained on, in order (their index is the training label);
       every other value becomes the ignore label.
-    local_batch_size: images per batch on this process.
+    global_batch_size: images per step over all processes.
     seed: seeds shuffling and augmentation.
+    start_step: the first step to produce (resuming skips the records of earlier steps).
 
   Returns:
-    Iterator of {'image': float32 [b, h, w, 3], 'label': int32 [b, h, w]}.
+    Iterator of {'image': float32 [b, h, w, 3], 'label': int32 [b, h, w]}, b = the global
+    batch divided by the process count.
   """
-  split = tfds.split_for_jax_process(data_config.train_split)
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  processes = jax.process_count()
+  local_batch_size = global_batch_size // processes
+  features = builder.info.features
+  decoders = {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
+  ds = builder.as_dataset(split=data_config.train_split, shuffle_files=False, decoders=decoders)
   if data_config.cache:
     ds = ds.cache()
-  ds = ds.repeat().shuffle(data_config.shuffle_buffer, seed=seed)
+  ds = ds.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+  ds = ds.enumerate().skip(start_step * global_batch_size)
+  # Consecutive groups of local_batch_size examples; group t*P + p belongs to process p.
+  ds = ds.batch(local_batch_size).shard(processes, jax.process_index()).unbatch()
   table = splits.remap_table(train_classes)
-  seeds = tf.data.Dataset.random(seed=seed).batch(2)
-  ds = tf.data.Dataset.zip(ds, seeds)
-  ds = ds.map(
-    lambda ex, s: train_preprocess(ex, s, data_config, table),
-    num_parallel_calls=tf.data.AUTOTUNE,
-    deterministic=True,
-  )
+
+  def decode_and_augment(index, example):
+    example = {
+      "image": features["image"].decode_example(example["image"]),
+      "label": features["label"].decode_example(example["label"]),
+    }
+    example_seed = tf.stack([tf.constant(seed, tf.int64), index])
+    return train_preprocess(example, example_seed, data_config, table)
+
+  ds = ds.map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
   return ds.as_numpy_iterator()
 
