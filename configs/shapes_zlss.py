@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.auto_prepare = True  # Prepare on first use (real datasets only with data.manual_dir).
   data.image_mode = "minus_one_one"  # Input convention (pipeline.IMAGE_MODES).
   data.train_split = "train"  # TFDS split trained on.
+  # Calibration run (SPNet's --excludeval): train on seen classes only, treat the val classes as
+  # unseen, and write calibration.json with the gamma sweep on them (the test classes stay out).
+  data.hold_out_val_classes = False
   data.cache = True  # Keep decoded training images in memory (small datasets only).
   data.shuffle_buffer = 2048  # Examples in the shuffle buffer.
   data.init_image_size = 64  # Image side used to initialise parameters (any valid size).
@@ -100,6 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
   ev.test_split = "test"  # Split reported.
   ev.calibration_split = "validation"  # Split gamma is chosen on ('' uses eval.gamma).
   ev.gamma = 0.0  # Calibration factor when calibration_split is ''.
+  # calibration.json of a run with data.hold_out_val_classes=True: use its gamma (tuned on the
+  # held-out val classes, the paper's way) instead of a sweep here.
+  ev.gamma_file = ""
   ev.gamma_step = 0.05  # Calibration sweep 0, step, ..., gamma_max.
   ev.gamma_max = 1.0
   ev.checkpoint_step = 0  # mode='evaluate': step to restore (0: latest).

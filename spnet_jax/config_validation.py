@@ -1,5 +1,7 @@
 """Checks a run config before anything is built, naming the field and value that is wrong."""
 
+import os
+
 import jax
 import ml_collections
 
@@ -86,5 +88,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("optimizer.lr_multipliers", f"lacks the groups {sorted(missing)}.")
   if config.data.train_split == config.eval.test_split:
     fail("eval.test_split", "the test split must differ from data.train_split.")
+  if config.data.hold_out_val_classes and not config.eval.calibration_split:
+    fail("data.hold_out_val_classes", "a calibration run needs eval.calibration_split to sweep on.")
+  if config.data.hold_out_val_classes and config.eval.gamma_file:
+    fail("eval.gamma_file", "a calibration run chooses gamma itself; leave eval.gamma_file ''.")
+  if config.eval.gamma_file and not os.path.exists(config.eval.gamma_file):
+    fail(
+      "eval.gamma_file",
+      "no such file: run the calibration first with --config.data.hold_out_val_classes=True "
+      "(it writes calibration.json in its workdir).",
+    )
   if config.eval.calibration_split and config.eval.calibration_split == config.eval.test_split:
     fail("eval.calibration_split", "gamma is never chosen on the test split.")

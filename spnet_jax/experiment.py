@@ -15,7 +15,7 @@ from clu import metric_writers
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from spnet_jax import checkpoint, embeddings, evaluate, pretrained, train
+from spnet_jax import calibration, checkpoint, embeddings, evaluate, pretrained, train
 from spnet_jax import config_validation as validation
 from spnet_jax import optimizer as optim
 from spnet_jax.data import datasets, splits
@@ -42,6 +42,8 @@ def create_setup(config: ml_collections.ConfigDict) -> RunSetup:
   validation.validate_config(config)
   builder = datasets.get_builder(config)
   split = splits.get_split(config.data.name, config.data.split)
+  if config.data.hold_out_val_classes:
+    split = split.holding_out_val()
   class_embeddings = embeddings.load_class_embeddings(config, split)
   mesh = train.create_mesh()
   model = create_model(config.model, class_embeddings.shape[1], split.num_classes)
@@ -90,14 +92,18 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.n
     setup.split, gamma_grid(config), learned_classifier=config.model.classifier != "projection"
   )
   calibration_split = config.eval.calibration_split
-  if calibration_split:
+  sweep = None
+  if config.eval.gamma_file:
+    gamma, source = calibration.read_gamma(config.eval.gamma_file)
+  elif calibration_split:
     sweep_conf = evaluate.compute_confusions(setup, state, calibration_split, tasks)
     sweep = evaluate.choose_gamma(sweep_conf["gzlss"], tasks, setup.split)
-    gamma, source = sweep["best_gamma"], f"best H on the '{calibration_split}' split"
     sweep["split"] = calibration_split
+    gamma, source = sweep["best_gamma"], f"best H on the '{calibration_split}' split"
+    if config.data.hold_out_val_classes:
+      source += " with the val classes held out as unseen"
   else:
     gamma, source = float(config.eval.gamma), "config.eval.gamma"
-    sweep = None
   test_conf = evaluate.compute_confusions(setup, state, config.eval.test_split, tasks)
   results = {
     "dataset": config.data.name,
@@ -166,6 +172,10 @@ def write_results(
   if jax.process_index() != 0:
     return
   np.savez(os.path.join(workdir, "confusions.npz"), **confusions)
+  if setup.config.data.hold_out_val_classes and results["gamma_sweep"]:
+    held_out = setup.split.names(setup.split.unseen)
+    written = calibration.write_sweep(workdir, results["gamma_sweep"], held_out, results["step"])
+    print(f"Wrote {written}: use it with --config.eval.gamma_file={written}", flush=True)
   path = os.path.join(workdir, "results.json")
   with open(path, "w") as f:
     json.dump(_json_safe(results), f, indent=2)

@@ -57,6 +57,16 @@ class ClassSplit:
   def names(self, ids: tuple[int, ...]) -> list[str]:
     return [self.class_names[i] for i in ids]
 
+  def holding_out_val(self) -> "ClassSplit":
+    """The split of a calibration run: train on seen only, treat val as the unseen classes.
+
+    The real unseen classes leave the split altogether (ignored in training and evaluation), so
+    a calibration factor tuned on this split never sees the test classes.
+    """
+    if not self.val:
+      raise ValueError("This class split has no val classes to hold out for calibration.")
+    return ClassSplit(self.class_names, seen=self.seen, val=(), unseen=self.val)
+
 
 def _shape_id(name: str) -> int:
   return SHAPES_CLASS_NAMES.index(name)
