@@ -50,6 +50,15 @@ def get_config() -> ml_collections.ConfigDict:
   emb.extra_dim = 0  # Shapes: append a fixed random projection of this width to the attributes.
   emb.seed = 0  # Seed of that projection.
 
+  # Few-label training (FLSS / GFLSS): stage two, from a zero-label run's checkpoint.
+  config.fewshot = fs = ml_collections.ConfigDict()
+  fs.n = 0  # Images per class in the pool (1, 2, 5, 10 or 20); 0 is zero-label training.
+  fs.offset = 0  # Which draw: lists[c][offset * 20 : offset * 20 + n] (SPNet's --ishot).
+  fs.init_workdir = ""  # Workdir of the zero-label run to start from (its latest checkpoint).
+  fs.lists = ""  # Per-class image lists JSON ('' builds them once beside the dataset).
+  fs.spnet_pickle = ""  # VOC: SPNet's inverse_dict_train.pkl for its exact lists...
+  fs.spnet_train_ids = ""  # ...with its train_ids.txt.
+
   config.model = model = ml_collections.ConfigDict()
   model.backbone = "tiny"  # 'resnet101', 'vgg16' or 'tiny'.
   model.stride_in_3x3 = False  # ResNet: torchvision layout (stride in the 3x3 conv, not the 1x1).

@@ -92,6 +92,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("data.hold_out_val_classes", "a calibration run needs eval.calibration_split to sweep on.")
   if config.data.hold_out_val_classes and config.eval.gamma_file:
     fail("eval.gamma_file", "a calibration run chooses gamma itself; leave eval.gamma_file ''.")
+  if config.fewshot.n not in (0, 1, 2, 5, 10, 20):
+    fail("fewshot.n", "SPNet's pools hold 1, 2, 5, 10 or 20 images per class (0: off).")
+  if config.fewshot.n and config.data.hold_out_val_classes:
+    fail(
+      "fewshot.n", "few-label training and a held-out-classes calibration run exclude each other."
+    )
   if config.eval.gamma_file and not os.path.exists(config.eval.gamma_file):
     fail(
       "eval.gamma_file",

@@ -231,19 +231,20 @@ def _finite_or_none(value: float) -> float | None:
 def format_report(results: dict, split: splits.ClassSplit) -> str:
   """A plain-text table of a results dict (the one written to results.json)."""
   test = results["test"]
+  unseen_task, all_task = results.get("tasks", ("ZLSS", "GZLSS"))
   lines = [
     f"Results on {results['dataset']} ({results['test_split']} split, step {results['step']}, "
     f"protocol: {results['protocol']})",
-    f"  ZLSS  unseen mIoU            {_pct(test['zlss']['unseen_miou'])}",
+    f"  {unseen_task:<5} unseen mIoU            {_pct(test['zlss']['unseen_miou'])}",
   ]
   for key in ("uncalibrated", "calibrated"):
     row = test["gzlss"][key]
     lines.append(
-      f"  GZLSS gamma={row['gamma']:.2f} seen {_pct(row['seen_miou'])}  unseen "
+      f"  {all_task:<5} gamma={row['gamma']:.2f} seen {_pct(row['seen_miou'])}  unseen "
       f"{_pct(row['unseen_miou'])}  H {_pct(row['harmonic'])}"
     )
   lines.append(f"  gamma chosen on: {test['gzlss']['calibrated']['gamma_source']}")
-  lines.append("  per-class IoU (ZLSS / GZLSS uncalibrated / calibrated):")
+  lines.append(f"  per-class IoU ({unseen_task} / {all_task} uncalibrated / calibrated):")
   zlss = test["zlss"]["per_class_iou"]
   uncal = test["gzlss"]["per_class_iou_uncalibrated"]
   cal = test["gzlss"]["per_class_iou_calibrated"]

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from spnet_jax import calibration, checkpoint, embeddings, evaluate, pretrained, train
 from spnet_jax import config_validation as validation
 from spnet_jax import optimizer as optim
-from spnet_jax.data import datasets, splits
+from spnet_jax.data import datasets, fewshot, splits
 from spnet_jax.models import SegmentationNet, create_model
 
 MODES = ("train_and_evaluate", "evaluate")
@@ -35,6 +35,12 @@ class RunSetup:
   mesh: jax.sharding.Mesh
   model: SegmentationNet
   tx: optax.GradientTransformation
+  pool: fewshot.FewShotPool | None = None  # Few-label training: the image pool.
+
+  @property
+  def train_classes(self) -> tuple[int, ...]:
+    """Classes trained with labels, in training-label order (seen + val, then novel)."""
+    return self.pool.visible_classes if self.pool else self.split.train_classes
 
 
 def create_setup(config: ml_collections.ConfigDict) -> RunSetup:
@@ -48,7 +54,30 @@ def create_setup(config: ml_collections.ConfigDict) -> RunSetup:
   mesh = train.create_mesh()
   model = create_model(config.model, class_embeddings.shape[1], split.num_classes)
   tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
-  return RunSetup(config, split, class_embeddings, builder, mesh, model, tx)
+  pool = create_pool(config, builder, split) if config.fewshot.n else None
+  return RunSetup(config, split, class_embeddings, builder, mesh, model, tx, pool)
+
+
+def create_pool(
+  config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, split: splits.ClassSplit
+) -> fewshot.FewShotPool:
+  """The few-label image pool of config.fewshot (per-class lists built once and saved)."""
+  cfg = config.fewshot
+  if cfg.spnet_pickle:
+    lists = fewshot.lists_from_spnet_pickle(cfg.spnet_pickle, cfg.spnet_train_ids)
+  else:
+    lists = fewshot.load_or_build_class_image_lists(
+      builder, config.data.train_split, split.num_classes, cfg.lists
+    )
+  pool = fewshot.build_pool(lists, split, cfg.n, cfg.offset)
+  logging.info(
+    "Few-label pool: n=%d, offset=%d, %d entries (seen and novel classes %s).",
+    pool.n,
+    pool.offset,
+    len(pool.entries),
+    split.names(split.unseen),
+  )
+  return pool
 
 
 def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None):
@@ -72,11 +101,32 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   if step is not None:
     raise ValueError(f"No checkpoint step {step} in {manager.directory}.")
   state = jax.jit(init, out_shardings=replicated)(rng)
-  if config.model.init_checkpoint:
+  if config.fewshot.init_workdir:
+    state = start_from_zero_label_run(state, abstract, config, setup.tx)
+  elif config.model.init_checkpoint:
     state = pretrained.load_into_state(state, config, setup.tx)
   count = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Initialised %s parameters (trainable).", f"{count:,}")
   return state
+
+
+def start_from_zero_label_run(state, abstract, config: ml_collections.ConfigDict, tx):
+  """Few-label stage two: the zero-label run's weights, a fresh optimiser, step 0."""
+  source = config.fewshot.init_workdir
+  manager = checkpoint.create_manager(source, max_to_keep=1)
+  try:
+    restored = checkpoint.restore(manager, abstract)
+  finally:
+    manager.close()
+  if restored is None:
+    raise ValueError(
+      f"config.fewshot.init_workdir={source!r} holds no checkpoint: train the zero-label model "
+      "there first (the same config without config.fewshot)."
+    )
+  logging.info("Few-label training starts from %s, step %d.", source, int(restored.step))
+  return state.replace(
+    params=restored.params, frozen=restored.frozen, opt_state=jax.jit(tx.init)(restored.params)
+  )
 
 
 def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.ndarray]]:
@@ -89,7 +139,10 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.n
   """
   config = setup.config
   tasks = evaluate.create_tasks(
-    setup.split, gamma_grid(config), learned_classifier=config.model.classifier != "projection"
+    setup.split,
+    gamma_grid(config),
+    learned_classifier=config.model.classifier != "projection",
+    trained_classes=setup.train_classes,
   )
   calibration_split = config.eval.calibration_split
   sweep = None
@@ -116,6 +169,14 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.n
       "val": setup.split.names(setup.split.val),
       "unseen": setup.split.names(setup.split.unseen),
     },
+    # Zero-label models are scored on ZLSS / GZLSS, few-label ones on FLSS / GFLSS: the same
+    # computations (unseen classes only / every class) after different training.
+    "tasks": ["FLSS", "GFLSS"] if setup.pool else ["ZLSS", "GZLSS"],
+    "fewshot": (
+      {"n": setup.pool.n, "offset": setup.pool.offset, "pool_entries": len(setup.pool.entries)}
+      if setup.pool
+      else None
+    ),
     "gamma_grid": list(tasks.gammas),
     "gamma_sweep": sweep,
     "test": evaluate.summarize(test_conf, tasks, setup.split, gamma, source),

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from spnet_jax import checkpoint, losses
 from spnet_jax import optimizer as optim
-from spnet_jax.data import pipeline
+from spnet_jax.data import fewshot, pipeline
 from spnet_jax.models import SegmentationNet, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
 
@@ -262,21 +262,26 @@ def train(
   replicated = NamedSharding(mesh, P())
   local_batch = cfg.batch_size // jax.process_count()
   # The data stream is a function of the seed and the step: a resumed run continues it exactly.
-  batches = pipeline.create_train_iterator(
-    config.data,
-    setup.builder,
-    setup.split.train_classes,
-    cfg.batch_size,
-    config.seed,
-    start_step=start_step,
-  )
+  if setup.pool:
+    batches = fewshot.create_fewshot_iterator(
+      config.data, setup.builder, setup.pool, cfg.batch_size, config.seed, start_step=start_step
+    )
+  else:
+    batches = pipeline.create_train_iterator(
+      config.data,
+      setup.builder,
+      setup.train_classes,
+      cfg.batch_size,
+      config.seed,
+      start_step=start_step,
+    )
   step_fn = jax.jit(
     functools.partial(
       train_step,
       model=model,
       tx=tx,
       config=config,
-      train_classes=np.asarray(setup.split.train_classes),
+      train_classes=np.asarray(setup.train_classes),
     ),
     donate_argnums=(0,),
     out_shardings=(replicated, replicated),

@@ -6,7 +6,14 @@ import pytest
 
 from spnet_jax import config_validation
 
-CONFIGS = ("shapes_zlss", "voc_zlss", "coco_zlss", "voc_zlss_vgg16", "coco_zlss_vgg16")
+CONFIGS = (
+  "shapes_zlss",
+  "shapes_flss",
+  "voc_zlss",
+  "coco_zlss",
+  "voc_zlss_vgg16",
+  "coco_zlss_vgg16",
+)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -54,10 +54,15 @@ _CITATION = """\
 }"""
 
 
-class CocoStuff(tfds.core.GeneratorBasedBuilder):
+class CocoStuff(manual_checks.ManualSegmentationBuilder):
   """COCO-Stuff 164k semantic segmentation: 182 labels (91 thing + 91 stuff), 255 unlabeled."""
 
   VERSION = tfds.core.Version("1.0.0")
+  LAYOUT = LAYOUT
+  SPLIT_SOURCES = SPLIT_SOURCES
+  NUM_CLASSES = NUM_CLASSES
+  HOMEPAGE = "https://github.com/nightrome/cocostuff"
+  CITATION = _CITATION
   RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release."}
   BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [
     tfds.core.BuilderConfig(
@@ -71,19 +76,3 @@ class CocoStuff(tfds.core.GeneratorBasedBuilder):
     + manual_checks.layout_text(LAYOUT)
     + f"\nSee {manual_checks.README_SECTION}."
   )
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-      features=manual_checks.segmentation_features(),
-      supervised_keys=("image", "label"),
-      homepage="https://github.com/nightrome/cocostuff",
-      citation=_CITATION,
-      description=__doc__,
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    plans = manual_checks.plan_splits(dl_manager, self.name, LAYOUT, SPLIT_SOURCES)
-    return {split: self._generate_examples(examples) for split, examples in plans.items()}
-
-  def _generate_examples(self, examples: list[manual_checks.Example]):
-    yield from manual_checks.generate_examples(examples, NUM_CLASSES)

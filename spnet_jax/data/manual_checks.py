@@ -9,6 +9,7 @@ worse, a silently wrong dataset.
 import dataclasses
 import io
 from collections.abc import Iterator, Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -474,3 +475,33 @@ def segmentation_features() -> tfds.features.FeaturesDict:
       "image_id": tfds.features.Text(),
     }
   )
+
+
+class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A segmentation dataset read from a manual directory; subclasses only describe the data.
+
+  Subclasses set LAYOUT, SPLIT_SOURCES, NUM_CLASSES, HOMEPAGE, CITATION, VERSION,
+  BUILDER_CONFIGS and MANUAL_DOWNLOAD_INSTRUCTIONS; checking, planning and writing are shared.
+  """
+
+  LAYOUT: ClassVar[Sequence[LayoutEntry]] = ()
+  SPLIT_SOURCES: ClassVar[Mapping[str, SplitSource]] = {}
+  NUM_CLASSES: ClassVar[int] = 0
+  HOMEPAGE: ClassVar[str] = ""
+  CITATION: ClassVar[str] = ""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+      features=segmentation_features(),
+      supervised_keys=("image", "label"),
+      homepage=self.HOMEPAGE,
+      citation=self.CITATION,
+      description=type(self).__doc__,
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    plans = plan_splits(dl_manager, self.name, self.LAYOUT, self.SPLIT_SOURCES)
+    return {split: self._generate_examples(examples) for split, examples in plans.items()}
+
+  def _generate_examples(self, examples: list[Example]):
+    yield from generate_examples(examples, self.NUM_CLASSES)

@@ -55,10 +55,15 @@ _CITATION = """\
 }"""
 
 
-class VocSbd(tfds.core.GeneratorBasedBuilder):
+class VocSbd(manual_checks.ManualSegmentationBuilder):
   """PASCAL VOC 2012 + SBD semantic segmentation: 21 labels (0 background), 255 ignored."""
 
   VERSION = tfds.core.Version("1.0.0")
+  LAYOUT = LAYOUT
+  SPLIT_SOURCES = SPLIT_SOURCES
+  NUM_CLASSES = NUM_CLASSES
+  HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
+  CITATION = _CITATION
   RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release."}
   BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [
     tfds.core.BuilderConfig(
@@ -73,19 +78,3 @@ class VocSbd(tfds.core.GeneratorBasedBuilder):
     + manual_checks.layout_text(LAYOUT)
     + f"\nSee {manual_checks.README_SECTION}."
   )
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-      features=manual_checks.segmentation_features(),
-      supervised_keys=("image", "label"),
-      homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-      citation=_CITATION,
-      description=__doc__,
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    plans = manual_checks.plan_splits(dl_manager, self.name, LAYOUT, SPLIT_SOURCES)
-    return {split: self._generate_examples(examples) for split, examples in plans.items()}
-
-  def _generate_examples(self, examples: list[manual_checks.Example]):
-    yield from manual_checks.generate_examples(examples, NUM_CLASSES)

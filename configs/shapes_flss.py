@@ -1,0 +1,25 @@
+"""Few-label segmentation (FLSS / GFLSS) on shapes: stage two after configs/shapes_zlss.py.
+
+Fine-tunes the zero-label model on a pool of the first n images per seen and per novel class;
+in an image drawn for novel class k only k is labelled among the novel classes.
+
+Run (after the zero-label run in /tmp/spnet_shapes):
+  python -m spnet_jax.main --config configs/shapes_flss.py --workdir /tmp/spnet_shapes_flss1 \
+    --config.fewshot.init_workdir=/tmp/spnet_shapes --config.fewshot.n=1
+"""
+
+import ml_collections
+
+from configs import shapes_zlss
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """SPNet few-label stage: n=1 by default, its own schedule."""
+  config = shapes_zlss.get_config()
+  config.fewshot.n = 1
+  # Stage two has its own, shorter schedule at a lower rate (SPNet: 2000 steps at 1e-4).
+  config.train.num_steps = 300
+  config.optimizer.base_lr = 5e-4
+  config.optimizer.warmup_steps = 20
+  config.train.checkpoint_every_steps = 100
+  return config
