@@ -13,6 +13,8 @@ CONFIGS = (
   "coco_zlss",
   "voc_zlss_vgg16",
   "coco_zlss_vgg16",
+  "voc_flss",
+  "coco_flss",
 )
 
 
@@ -63,3 +65,11 @@ def test_vgg_recipe(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   assert config.model.backbone == "vgg16" and config.model.embedding_head == "aspp_l"
   assert (config.optimizer.name, config.optimizer.base_lr) == ("adam", 1e-4)
+
+
+@pytest.mark.parametrize("name", ["voc_flss", "coco_flss"])
+def test_few_label_recipe(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.fewshot.n == 1
+  assert (config.train.num_steps, config.optimizer.base_lr) == (2000, 1e-4)
+  assert (config.train.batch_size, config.train.accumulation_steps) == (10, 2)
