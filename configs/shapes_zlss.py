@@ -59,6 +59,12 @@ def get_config() -> ml_collections.ConfigDict:
   fs.spnet_pickle = ""  # VOC: SPNet's inverse_dict_train.pkl for its exact lists...
   fs.spnet_train_ids = ""  # ...with its train_ids.txt.
 
+  # Self-training (transductive zero-label, as SPNet+ST / STRICT): from a zero-label run, ignore
+  # pixels get unseen-class pseudo-labels where the model is most confident.
+  config.selftrain = st = ml_collections.ConfigDict()
+  st.fraction = 0.0  # Top fraction p of each unseen class's candidate pixels labelled (0: off).
+  st.init_workdir = ""  # Workdir of the zero-label run to continue from.
+
   config.model = model = ml_collections.ConfigDict()
   model.backbone = "tiny"  # 'resnet101', 'vgg16' or 'tiny'.
   model.stride_in_3x3 = False  # ResNet: torchvision layout (stride in the 3x3 conv, not the 1x1).

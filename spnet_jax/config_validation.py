@@ -92,6 +92,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("data.hold_out_val_classes", "a calibration run needs eval.calibration_split to sweep on.")
   if config.data.hold_out_val_classes and config.eval.gamma_file:
     fail("eval.gamma_file", "a calibration run chooses gamma itself; leave eval.gamma_file ''.")
+  if not 0.0 <= config.selftrain.fraction <= 1.0:
+    fail("selftrain.fraction", "the share of candidate pixels labelled lies in [0, 1].")
+  if config.selftrain.fraction and config.fewshot.n:
+    fail("selftrain.fraction", "self-training and few-label training exclude each other.")
   if config.fewshot.n not in (0, 1, 2, 5, 10, 20):
     fail("fewshot.n", "SPNet's pools hold 1, 2, 5, 10 or 20 images per class (0: off).")
   if config.fewshot.n and config.data.hold_out_val_classes:

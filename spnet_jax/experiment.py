@@ -40,7 +40,12 @@ class RunSetup:
   @property
   def train_classes(self) -> tuple[int, ...]:
     """Classes trained with labels, in training-label order (seen + val, then novel)."""
-    return self.pool.visible_classes if self.pool else self.split.train_classes
+    if self.pool:
+      return self.pool.visible_classes
+    if self.config.selftrain.fraction > 0:
+      # Self-training scores the unseen classes too; they follow the trained ones.
+      return self.split.train_classes + self.split.unseen
+    return self.split.train_classes
 
 
 def create_setup(config: ml_collections.ConfigDict) -> RunSetup:
@@ -101,8 +106,9 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   if step is not None:
     raise ValueError(f"No checkpoint step {step} in {manager.directory}.")
   state = jax.jit(init, out_shardings=replicated)(rng)
-  if config.fewshot.init_workdir:
-    state = start_from_zero_label_run(state, abstract, config, setup.tx)
+  start_workdir = config.fewshot.init_workdir or config.selftrain.init_workdir
+  if start_workdir:
+    state = start_from_zero_label_run(state, abstract, start_workdir, setup.tx)
   elif config.model.init_checkpoint:
     state = pretrained.load_into_state(state, config, setup.tx)
   count = sum(x.size for x in jax.tree.leaves(state.params))
@@ -110,9 +116,8 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   return state
 
 
-def start_from_zero_label_run(state, abstract, config: ml_collections.ConfigDict, tx):
-  """Few-label stage two: the zero-label run's weights, a fresh optimiser, step 0."""
-  source = config.fewshot.init_workdir
+def start_from_zero_label_run(state, abstract, source: str, tx):
+  """Few-label or self-training stage: the zero-label run's weights, fresh optimiser, step 0."""
   manager = checkpoint.create_manager(source, max_to_keep=1)
   try:
     restored = checkpoint.restore(manager, abstract)
@@ -120,8 +125,8 @@ def start_from_zero_label_run(state, abstract, config: ml_collections.ConfigDict
     manager.close()
   if restored is None:
     raise ValueError(
-      f"config.fewshot.init_workdir={source!r} holds no checkpoint: train the zero-label model "
-      "there first (the same config without config.fewshot)."
+      f"{source!r} (config.fewshot/selftrain.init_workdir) holds no checkpoint: train the "
+      "zero-label model there first (the same config without fewshot / selftrain)."
     )
   logging.info("Few-label training starts from %s, step %d.", source, int(restored.step))
   return state.replace(
@@ -142,7 +147,8 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.n
     setup.split,
     gamma_grid(config),
     learned_classifier=config.model.classifier != "projection",
-    trained_classes=setup.train_classes,
+    # Classes trained with real labels: calibration subtracts gamma from these.
+    trained_classes=setup.pool.visible_classes if setup.pool else None,
   )
   calibration_split = config.eval.calibration_split
   sweep = None

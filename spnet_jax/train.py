@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from spnet_jax import checkpoint, losses
+from spnet_jax import checkpoint, losses, self_training
 from spnet_jax import optimizer as optim
 from spnet_jax.data import fewshot, pipeline
 from spnet_jax.models import SegmentationNet, msc
@@ -89,11 +89,21 @@ def loss_fn(
   config: ml_collections.ConfigDict,
   class_embeddings: jax.Array,
   train_classes: jax.Array,
+  num_unseen: int = 0,
 ) -> jax.Array:
-  """Training loss of one (micro-)batch; labels index the train classes."""
+  """Training loss of one (micro-)batch; labels index the train classes.
+
+  With self-training `train_classes` ends with `num_unseen` unseen classes, and confident ignore
+  pixels get their pseudo-labels (config.selftrain.fraction) before the loss.
+  """
   variables = {"params": params, FROZEN_COLLECTION: state.frozen}
   logits_fn = lambda x: logits_for_classes(model, variables, x, class_embeddings, train_classes)
   outputs = msc.multi_scale_logits(logits_fn, images, tuple(config.model.msc_scales))
+  if num_unseen:
+    scores = msc.resize_logits(outputs[-1], *labels.shape[1:3])
+    labels = self_training.pseudo_label(
+      scores, labels, scores.shape[-1] - num_unseen, config.selftrain.fraction
+    )
   return losses.segmentation_loss(
     outputs, labels, config.loss.name, config.loss.label_resolution, rng
   )
@@ -109,6 +119,7 @@ def train_step(
   tx: optax.GradientTransformation,
   config: ml_collections.ConfigDict,
   train_classes: np.ndarray,
+  num_unseen: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser update, accumulating gradients over config.train.accumulation_steps.
 
@@ -123,6 +134,7 @@ def train_step(
       config=config,
       class_embeddings=class_embeddings,
       train_classes=jnp.asarray(train_classes),
+      num_unseen=num_unseen,
     )
   )
   k = config.train.accumulation_steps
@@ -282,6 +294,8 @@ def train(
       tx=tx,
       config=config,
       train_classes=np.asarray(setup.train_classes),
+      # Self-training: the trailing unseen classes of train_classes get pseudo-labels.
+      num_unseen=len(setup.split.unseen) if config.selftrain.fraction > 0 else 0,
     ),
     donate_argnums=(0,),
     out_shardings=(replicated, replicated),

@@ -9,6 +9,7 @@ from spnet_jax import config_validation
 CONFIGS = (
   "shapes_zlss",
   "shapes_flss",
+  "shapes_selftrain",
   "voc_zlss",
   "coco_zlss",
   "voc_zlss_vgg16",

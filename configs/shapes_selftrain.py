@@ -1,0 +1,24 @@
+"""Self-training on shapes (transductive zero-label): continues configs/shapes_zlss.py.
+
+Ignore pixels of the training images get unseen-class pseudo-labels where the model is most
+confident (top half of each unseen class's candidates per batch), then training continues.
+
+Run (after the zero-label run in /tmp/spnet_shapes):
+  python -m spnet_jax.main --config configs/shapes_selftrain.py --workdir /tmp/spnet_shapes_st \
+    --config.selftrain.init_workdir=/tmp/spnet_shapes
+"""
+
+import ml_collections
+
+from configs import shapes_zlss
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Self-training stage: p = 0.5, 300 steps at a lower rate."""
+  config = shapes_zlss.get_config()
+  config.selftrain.fraction = 0.5
+  config.train.num_steps = 300
+  config.optimizer.base_lr = 5e-4
+  config.optimizer.warmup_steps = 20
+  config.train.checkpoint_every_steps = 100
+  return config
