@@ -1,4 +1,4 @@
-"""SPNet few-label stage two on COCO (FLSS / GFLSS): 2000 steps at lr 1e-4, batch 5 x 2.
+"""SPNet few-label stage two on COCO-Stuff (FLSS / GFLSS), the recipe of configs/voc_flss.py.
 
 Run after configs/coco_zlss.py (its workdir is the starting point):
   python -m spnet_jax.main --config configs/coco_flss.py --workdir /tmp/spnet_coco_flss1 \
@@ -8,15 +8,9 @@ Run after configs/coco_zlss.py (its workdir is the starting point):
 
 import ml_collections
 
-from configs import coco_zlss
+from configs import coco_zlss, voc_flss
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """SPNet's FLSS recipe on top of the zero-label config."""
-  config = coco_zlss.get_config()
-  config.fewshot.n = 1  # SPNet reports n = 1, 2, 5, 10, 20.
-  config.train.num_steps = 2000
-  config.train.batch_size = 10  # 5 images x 2 accumulation steps.
-  config.train.accumulation_steps = 2
-  config.optimizer.base_lr = 1e-4
-  return config
+  """COCO-Stuff FLSS."""
+  return voc_flss.few_label_stage(coco_zlss.get_config())

@@ -47,3 +47,32 @@ def fast_config(shapes_data_dir):
   config.eval.batch_size = 8
   config.eval.gamma_step = 0.25
   return config
+
+
+def main_command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
+  """The entry point on the tiny shapes dataset with a small model; overrides come last (win)."""
+  return [
+    sys.executable,
+    "-m",
+    "spnet_jax.main",
+    "--config",
+    "configs/shapes_zlss.py",
+    "--workdir",
+    workdir,
+    f"--config.data.data_dir={data_dir}",
+    "--config.data.builder_config=tiny",
+    "--config.data.shuffle_buffer=64",
+    "--config.model.width=8",
+    "--config.model.dilations=(1,2)",
+    "--config.train.log_every_steps=1",
+    "--config.optimizer.warmup_steps=2",
+    "--config.eval.batch_size=8",
+    *overrides,
+  ]
+
+
+def subprocess_env(devices: int = 1) -> dict[str, str]:
+  """Environment of an entry-point subprocess with `devices` fake CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env["PYTHONPATH"] = ROOT
+  return env

@@ -8,11 +8,10 @@ import os
 import re
 import socket
 import subprocess
-import sys
 
 import numpy as np
 
-from .conftest import ROOT
+from .conftest import ROOT, main_command, subprocess_env
 
 
 def _free_port() -> int:
@@ -22,37 +21,18 @@ def _free_port() -> int:
 
 
 def _command(workdir: str, data_dir: str) -> list[str]:
-  return [
-    sys.executable,
-    "-m",
-    "spnet_jax.main",
-    "--config",
-    "configs/shapes_zlss.py",
-    "--workdir",
+  return main_command(
     workdir,
-    f"--config.data.data_dir={data_dir}",
-    "--config.data.builder_config=tiny",
-    "--config.data.shuffle_buffer=64",
-    "--config.model.width=8",
-    "--config.model.dilations=(1,2)",
+    data_dir,
     "--config.train.batch_size=8",
     "--config.train.num_steps=6",
-    "--config.train.log_every_steps=1",
     "--config.train.checkpoint_every_steps=3",
-    "--config.optimizer.warmup_steps=2",
-    "--config.eval.batch_size=8",
     "--config.eval.gamma_step=0.25",
-  ]
+  )
 
 
 def _losses(log: str) -> np.ndarray:
   return np.array([float(x) for x in re.findall(r"step \d+/6  loss ([0-9.]+)", log)])
-
-
-def _env(devices: int) -> dict[str, str]:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  env["PYTHONPATH"] = ROOT
-  return env
 
 
 def test_two_processes_match_one_process(shapes_data_dir, tmp_path):
@@ -60,7 +40,7 @@ def test_two_processes_match_one_process(shapes_data_dir, tmp_path):
   result = subprocess.run(
     _command(single, shapes_data_dir),
     cwd=ROOT,
-    env=_env(4),
+    env=subprocess_env(4),
     capture_output=True,
     text=True,
     timeout=600,
@@ -79,7 +59,7 @@ def test_two_processes_match_one_process(shapes_data_dir, tmp_path):
         f"--process_id={index}",
       ],
       cwd=ROOT,
-      env=_env(2),
+      env=subprocess_env(2),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,

@@ -6,48 +6,28 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
 
-from .conftest import ROOT
+from .conftest import ROOT, main_command, subprocess_env
 
 
 def _command(workdir: str, data_dir: str, *extra: str) -> list[str]:
-  return [
-    sys.executable,
-    "-m",
-    "spnet_jax.main",
-    "--config",
-    "configs/shapes_zlss.py",
-    "--workdir",
+  return main_command(
     workdir,
-    f"--config.data.data_dir={data_dir}",
-    "--config.data.builder_config=tiny",
-    "--config.data.shuffle_buffer=64",
-    "--config.model.width=8",
-    "--config.model.dilations=(1,2)",
+    data_dir,
     "--config.train.batch_size=4",
     "--config.train.num_steps=12",
-    "--config.train.log_every_steps=1",
     "--config.train.checkpoint_every_steps=4",
-    "--config.optimizer.warmup_steps=2",
-    "--config.eval.batch_size=8",
     "--config.eval.gamma_step=0.5",
     *extra,
-  ]
-
-
-def _env(devices: int = 1) -> dict[str, str]:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  env["PYTHONPATH"] = ROOT
-  return env
+  )
 
 
 def _run(command: list[str], devices: int = 1) -> subprocess.CompletedProcess:
   result = subprocess.run(
-    command, cwd=ROOT, env=_env(devices), capture_output=True, text=True, timeout=600
+    command, cwd=ROOT, env=subprocess_env(devices), capture_output=True, text=True, timeout=600
   )
   assert result.returncode == 0, result.stderr[-3000:]
   return result
@@ -76,7 +56,7 @@ def test_kill_9_then_rerun_ends_like_an_uninterrupted_run_and_partial_saves_are_
   process = subprocess.Popen(
     _command(crashed, shapes_data_dir),
     cwd=ROOT,
-    env=_env(),
+    env=subprocess_env(),
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
     text=True,
