@@ -15,11 +15,6 @@ from configs import shapes_zlss
 
 def get_config() -> ml_collections.ConfigDict:
   """SPNet few-label stage: n=1 by default, its own schedule."""
-  config = shapes_zlss.get_config()
+  config = shapes_zlss.second_stage_schedule(shapes_zlss.get_config())
   config.fewshot.n = 1
-  # Stage two has its own, shorter schedule at a lower rate (SPNet: 2000 steps at 1e-4).
-  config.train.num_steps = 300
-  config.optimizer.base_lr = 5e-4
-  config.optimizer.warmup_steps = 20
-  config.train.checkpoint_every_steps = 100
   return config

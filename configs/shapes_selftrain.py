@@ -15,10 +15,6 @@ from configs import shapes_zlss
 
 def get_config() -> ml_collections.ConfigDict:
   """Self-training stage: p = 0.5, 300 steps at a lower rate."""
-  config = shapes_zlss.get_config()
+  config = shapes_zlss.second_stage_schedule(shapes_zlss.get_config())
   config.selftrain.fraction = 0.5
-  config.train.num_steps = 300
-  config.optimizer.base_lr = 5e-4
-  config.optimizer.warmup_steps = 20
-  config.train.checkpoint_every_steps = 100
   return config

@@ -125,3 +125,12 @@ def get_config() -> ml_collections.ConfigDict:
   ev.gamma_max = 1.0
   ev.checkpoint_step = 0  # mode='evaluate': step to restore (0: latest).
   return config
+
+
+def second_stage_schedule(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The shorter, gentler schedule of a stage that continues a zero-label run."""
+  config.train.num_steps = 300
+  config.optimizer.base_lr = 5e-4
+  config.optimizer.warmup_steps = 20
+  config.train.checkpoint_every_steps = 100
+  return config

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from spnet_jax import checkpoint, experiment, train
 from spnet_jax.data import datasets
 
-from .conftest import ROOT
+from .conftest import ROOT, main_command
 
 
 def test_train_and_evaluate_writes_checkpoints_summaries_and_results(fast_config, tmp_path):
@@ -134,16 +133,7 @@ def test_invalid_config_values_are_named(fast_config, field, value, message):
 
 
 def test_unknown_config_field_is_rejected_by_the_entry_point(tmp_path):
-  command = [
-    sys.executable,
-    "-m",
-    "spnet_jax.main",
-    "--config",
-    "configs/shapes_zlss.py",
-    "--workdir",
-    str(tmp_path),
-    "--config.train.num_stepz=5",
-  ]
+  command = main_command(str(tmp_path), str(tmp_path), "--config.train.num_stepz=5")
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "num_stepz" in result.stderr
@@ -171,23 +161,15 @@ def test_full_resolution_protocol_scores_original_labels(fast_config, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_rerun_resumes(shapes_data_dir, tmp_path):
   workdir = str(tmp_path / "preempted")
-  command = [
-    sys.executable,
-    "-m",
-    "spnet_jax.main",
-    "--config",
-    "configs/shapes_zlss.py",
-    "--workdir",
+  settings = ("--config.model.dilations=(1,)", "--config.train.batch_size=4")
+  command = main_command(
     workdir,
-    f"--config.data.data_dir={shapes_data_dir}",
-    "--config.data.builder_config=tiny",
-    "--config.model.width=8",
-    "--config.model.dilations=(1,)",
-    "--config.train.batch_size=4",
+    shapes_data_dir,
+    *settings,
     "--config.train.num_steps=100000",
     "--config.train.checkpoint_every_steps=100000",
     "--config.train.log_every_steps=5",
-  ]
+  )
   process = subprocess.Popen(
     command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
   )
@@ -206,7 +188,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_rerun_resumes(shapes_
   assert "SIGTERM: saved step" in "".join(output)
   # The same command resumes from the saved step (here: straight to evaluation).
   result = subprocess.run(
-    [*command[:-3], f"--config.train.num_steps={saved}", "--config.train.log_every_steps=5"],
+    main_command(workdir, shapes_data_dir, *settings, f"--config.train.num_steps={saved}"),
     cwd=ROOT,
     capture_output=True,
     text=True,
