@@ -1,6 +1,7 @@
-"""Summarises the results.json of several runs (e.g. seeds) as a Markdown table with medians.
+"""Summarises results.json files as Markdown tables with medians over seeds.
 
 python -m spnet_jax.report workdirs/seed0 workdirs/seed1 workdirs/seed2
+The tables of the whole results suite (spnet_jax.suite) come from `suite_summary`.
 """
 
 import json
@@ -64,3 +65,139 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   main(sys.argv[1:])
+
+
+# The results suite (spnet_jax.suite): one workdir per seed and stage under a root folder.
+ZERO_LABEL_ROWS = (
+  # (method, stage, GZLSS key, show the stage's ZLSS)
+  ("HVSL (hinge loss baseline)", "hvsl", "uncalibrated", True),
+  ("SPNet", "spnet", "uncalibrated", True),
+  ("SPNet + calibration (gamma from held-out classes)", "spnet", "calibrated", False),
+  ("SPNet + self-training", "selftrain", "uncalibrated", True),
+)
+FEW_LABEL_METHODS = (("learned head (DeepLab baseline)", "learned"), ("SPNet", "spnet"))
+GENERALIZED = ("seen_miou", "unseen_miou", "harmonic", "miou", "gamma")
+
+
+def _load_test(path: str) -> dict:
+  if not os.path.exists(path):
+    raise ValueError(
+      f"{path} does not exist: run `python -m spnet_jax.suite` with the same --workdir_root "
+      "(it continues where it stopped)."
+    )
+  with open(path) as f:
+    return json.load(f)["test"]
+
+
+def _suite_row(root, seeds, stage, gzlss_key, with_zlss) -> dict:
+  """Per-seed values and their median for one table row."""
+  per_seed = {name: [] for name in ("zlss_unseen_miou", *GENERALIZED)}
+  for seed in seeds:
+    test = _load_test(os.path.join(root, f"seed{seed}", stage, "results.json"))
+    zlss = test["zlss"]["unseen_miou"] if with_zlss else None
+    per_seed["zlss_unseen_miou"].append(zlss)
+    for name in GENERALIZED:
+      per_seed[name].append(test["gzlss"][gzlss_key][name])
+  median = {
+    name: None if any(v is None for v in values) else float(np.median(values))
+    for name, values in per_seed.items()
+  }
+  return {"stage": stage, "gzlss": gzlss_key, "per_seed": per_seed, "median": median}
+
+
+def suite_summary(root: str, seeds: list[int], shots: list[int]) -> dict:
+  """The suite's numbers (per seed and median) and whether the paper's findings hold."""
+  zero_label = [
+    {"method": method, **_suite_row(root, seeds, stage, key, with_zlss)}
+    for method, stage, key, with_zlss in ZERO_LABEL_ROWS
+  ]
+  few_label = [
+    {"n": n, "method": method, **_suite_row(root, seeds, f"flss_{head}_n{n}", "uncalibrated", True)}
+    for n in shots
+    for method, head in FEW_LABEL_METHODS
+  ]
+  summary = {"seeds": list(seeds), "zero_label": zero_label, "few_label": few_label}
+  summary["checks"] = expected_findings(summary)
+  return summary
+
+
+def expected_findings(summary: dict) -> list[dict]:
+  """The paper's qualitative findings, checked on the medians."""
+  hvsl, spnet, calibrated, selftrain = (row["median"] for row in summary["zero_label"])
+  checks = [
+    ("SPNet beats HVSL on ZLSS", spnet["zlss_unseen_miou"], hvsl["zlss_unseen_miou"]),
+    ("calibration raises GZLSS H", calibrated["harmonic"], spnet["harmonic"]),
+    ("self-training raises GZLSS unseen mIoU", selftrain["unseen_miou"], spnet["unseen_miou"]),
+    ("self-training raises GZLSS H", selftrain["harmonic"], spnet["harmonic"]),
+  ]
+  by_key = {(row["n"], row["stage"].split("_")[1]): row["median"] for row in summary["few_label"]}
+  smallest = min(row["n"] for row in summary["few_label"]) if summary["few_label"] else None
+  if smallest is not None:
+    ours, baseline = by_key[(smallest, "spnet")], by_key[(smallest, "learned")]
+    checks += [
+      (
+        f"SPNet beats the learned head on FLSS at n={smallest}",
+        ours["zlss_unseen_miou"],
+        baseline["zlss_unseen_miou"],
+      ),
+      (
+        f"SPNet beats the learned head on GFLSS H at n={smallest}",
+        ours["harmonic"],
+        baseline["harmonic"],
+      ),
+    ]
+  return [
+    {"finding": text, "ours": a, "other": b, "holds": a is not None and b is not None and a > b}
+    for text, a, b in checks
+  ]
+
+
+def _cell(value) -> str:
+  return "–" if value is None else f"{100 * value:.1f}"
+
+
+def suite_markdown(summary: dict) -> str:
+  """The two README tables (medians) and the list of checked findings."""
+  seeds = ", ".join(str(s) for s in summary["seeds"])
+  lines = [
+    f"Zero-label (test split, median over seeds {seeds}; IoUs in percent):",
+    "",
+    "| method | ZLSS unseen | GZLSS seen | GZLSS unseen | GZLSS H | gamma |",
+    "| --- | --- | --- | --- | --- | --- |",
+  ]
+  for row in summary["zero_label"]:
+    m = row["median"]
+    lines.append(
+      f"| {row['method']} | {_cell(m['zlss_unseen_miou'])} | {_cell(m['seen_miou'])} | "
+      f"{_cell(m['unseen_miou'])} | {_cell(m['harmonic'])} | {m['gamma']:.2f} |"
+    )
+  lines += [
+    "",
+    f"Few-label, n labelled images per class (test split, median over seeds {seeds}):",
+    "",
+    "| n | method | FLSS unseen | GFLSS seen | GFLSS unseen | GFLSS H | GFLSS mIoU |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for row in summary["few_label"]:
+    m = row["median"]
+    lines.append(
+      f"| {row['n']} | {row['method']} | {_cell(m['zlss_unseen_miou'])} | {_cell(m['seen_miou'])} "
+      f"| {_cell(m['unseen_miou'])} | {_cell(m['harmonic'])} | {_cell(m['miou'])} |"
+    )
+  lines += ["", "Findings of the paper, checked on the medians:", ""]
+  for check in summary["checks"]:
+    mark = "holds" if check["holds"] else "DOES NOT HOLD"
+    lines.append(
+      f"- {check['finding']}: {mark} ({_cell(check['ours'])} vs {_cell(check['other'])})"
+    )
+  return "\n".join(lines)
+
+
+def write_suite_report(root: str, summary: dict) -> str:
+  """Writes <root>/suite.json and <root>/results.md; returns the Markdown."""
+  text = suite_markdown(summary)
+  with open(os.path.join(root, "suite.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  with open(os.path.join(root, "results.md"), "w") as f:
+    f.write(text + "\n")
+  return text
