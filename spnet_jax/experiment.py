@@ -22,6 +22,7 @@ from spnet_jax.data import datasets, fewshot, splits
 from spnet_jax.models import SegmentationNet, create_model
 
 MODES = ("train_and_evaluate", "evaluate")
+CONFIG_FILE = "config.json"  # The run's config, written into its workdir.
 
 
 @dataclasses.dataclass
@@ -261,6 +262,28 @@ def _json_safe(value):
   return value
 
 
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (its config.json; JSON lists become tuples)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ValueError(
+      f"{path} does not exist: {workdir} is not a training workdir (runs write their config "
+      "there when they start), or it was made by an older version: pass --config with the "
+      "experiment config it was trained with."
+    )
+  with open(path) as f:
+    fields = json.load(f)
+
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(tuples(v) for v in value)
+    return value
+
+  return ml_collections.ConfigDict(tuples(fields))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The main job: train (resuming from the latest checkpoint), then calibrate and evaluate.
 
@@ -272,6 +295,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   setup = create_setup(config)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    # What predict and the figures read to rebuild the model and name the classes.
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   manager = checkpoint.create_manager(workdir, config.train.max_checkpoints)
   logging.info(
