@@ -18,11 +18,15 @@ from ml_collections import config_flags
 from spnet_jax.data import datasets, pipeline, splits
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
-flags.DEFINE_integer("batches", 40, "Batches timed after warm-up.")
-flags.DEFINE_integer("warmup_batches", 5, "Batches read before timing.")
-flags.DEFINE_integer("fake_images", 0, "Generate this many fake 640x480 images first (0: off).")
-flags.mark_flags_as_required(["config"])
+
+
+def _define_flags() -> None:
+  # Defined only when run as a command: spnet_jax.benchmark imports this module with its own.
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+  flags.DEFINE_integer("batches", 40, "Batches timed after warm-up.")
+  flags.DEFINE_integer("warmup_batches", 5, "Batches read before timing.")
+  flags.DEFINE_integer("fake_images", 0, "Generate this many fake 640x480 images first (0: off).")
+  flags.mark_flags_as_required(["config"])
 
 
 def usable_cores() -> int:
@@ -78,4 +82,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

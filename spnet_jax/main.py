@@ -8,7 +8,7 @@ from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from spnet_jax import experiment
+from spnet_jax import experiment, zsl
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, summaries and results.json.")
@@ -69,7 +69,10 @@ def main(argv):
   )
   platform.work_unit().set_task_status(f"process_index: {jax.process_index()}")
   platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, FLAGS.workdir, "workdir")
-  experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if FLAGS.config.get("task") == "zsl_classification":
+    zsl.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,375 @@
+"""Times a config's training step, MSC evaluation and input pipeline; FLOPs, FLOP/s and MFU.
+
+  python -m spnet_jax.benchmark --config configs/coco_zlss.py [--config.model.dtype=bfloat16]
+      [--steps 10] [--peak_tflops 989] [--torch] [--json BENCH.json] [--profile_dir DIR]
+
+The model, optimiser and jitted step are the ones training builds from the config; inputs are
+random arrays of the training crop (or --image_size), so no dataset is needed except for the
+input-pipeline part (--parts input, with a prepared dataset or --fake_images N). FLOPs come from
+the compiled executable's cost analysis; MFU divides the achieved FLOP/s by --peak_tflops, or by
+the datasheet dense bf16 peak of a known accelerator. --torch also times the PyTorch reference
+network (spnet_jax/torch_reference.py) on the same weights, inputs and thread count and prints
+the ratio (ResNet-101 + ASPP projection only).
+"""
+
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
+
+from spnet_jax import input_benchmark, train
+from spnet_jax import optimizer as optim
+from spnet_jax.data import splits
+from spnet_jax.models import create_model, msc
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+flags.DEFINE_list("parts", ["train", "eval"], "What to time: train, eval, input.")
+flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_integer("image_size", 0, "Training crop side (0: the config's crop or init size).")
+flags.DEFINE_integer("eval_size", 0, "Evaluation input side (0: data.eval.warp_size or train).")
+flags.DEFINE_integer("embedding_dim", 600, "Width of the random class embeddings.")
+flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for MFU (0: datasheet or none).")
+flags.DEFINE_bool("torch", False, "Also time the PyTorch reference of the same network.")
+flags.DEFINE_integer("fake_images", 0, "Input part: generate this many fake images first.")
+flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+flags.DEFINE_string("profile_dir", "", "Write a JAX profiler trace of 3 training steps here.")
+flags.DEFINE_string("hlo_file", "", "Write the compiled training step's HLO text here.")
+flags.mark_flags_as_required(["config"])
+
+# Datasheet dense (no sparsity) bf16 peaks per device, in TFLOP/s, by jax device_kind prefix.
+PEAK_BF16_TFLOPS = (
+  ("NVIDIA H100 PCIe", 756.0),
+  ("NVIDIA H100", 989.0),  # SXM / HBM3.
+  ("NVIDIA H200", 989.0),
+  ("NVIDIA A100", 312.0),
+  ("NVIDIA L4", 121.0),
+  ("TPU v4", 275.0),
+  ("TPU v5 lite", 197.0),
+  ("TPU v5e", 197.0),
+  ("TPU v5p", 459.0),
+  ("TPU v5", 459.0),
+  ("TPU v6 lite", 918.0),
+  ("TPU v6e", 918.0),
+)
+
+
+def peak_tflops(device: jax.Device, given: float) -> tuple[float | None, str]:
+  """Peak TFLOP/s of one device and where the figure comes from."""
+  if given > 0:
+    return given, "--peak_tflops"
+  for prefix, value in PEAK_BF16_TFLOPS:
+    if device.device_kind.startswith(prefix):
+      return value, f"datasheet dense bf16 peak of {device.device_kind}"
+  return None, f"unknown for {device.device_kind!r}: pass --peak_tflops"
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs of one call of a compiled executable (XLA cost analysis; NaN if unavailable)."""
+  cost = compiled.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def time_calls(call, warmup: int, steps: int) -> list[float]:
+  """Seconds per call, each ended by a device synchronisation, after `warmup` calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  seconds = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    seconds.append(time.perf_counter() - start)
+  return seconds
+
+
+def summarize(name, seconds, compile_s, flops, images, peak) -> dict:
+  """Median step time and the figures derived from it."""
+  median = statistics.median(seconds)
+  achieved = flops / median
+  devices = jax.device_count()
+  return {
+    "part": name,
+    "compile_s": compile_s,
+    "median_step_s": median,
+    "steps_timed": len(seconds),
+    "images_per_s": images / median,
+    "flops_per_step": flops,
+    "achieved_tflops": achieved / 1e12,
+    "mfu": achieved / (peak * 1e12 * devices) if peak else None,
+  }
+
+
+def random_inputs(config, image_size: int, num_labels: int, batch: int, seed: int = 0) -> dict:
+  """Images in the config's value range and labels with 10% ignore pixels."""
+  rng = np.random.default_rng(seed)
+  images = rng.normal(
+    0.0, 50.0 if config.data.image_mode == "caffe_bgr" else 0.5, (batch, image_size, image_size, 3)
+  )
+  labels = rng.integers(0, num_labels, (batch, image_size, image_size))
+  labels[rng.random(labels.shape) < 0.1] = splits.IGNORE_LABEL
+  return {"image": images.astype(np.float32), "label": labels.astype(np.int32)}
+
+
+def class_embeddings(num_classes: int, dim: int) -> np.ndarray:
+  rng = np.random.default_rng(1)
+  vectors = rng.standard_normal((num_classes, dim)).astype(np.float32)
+  return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+class Bench:
+  """The config's model, optimiser, train step and an initial state on random inputs."""
+
+  def __init__(self, config: ml_collections.ConfigDict, image_size: int, embedding_dim: int):
+    self.config = config
+    self.split = splits.get_split(config.data.name, config.data.split)
+    self.train_classes = np.asarray(self.split.train_classes)
+    self.embeddings = class_embeddings(self.split.num_classes, embedding_dim)
+    self.model = create_model(config.model, embedding_dim, self.split.num_classes)
+    self.tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
+    self.mesh = train.create_mesh()
+    self.image_size = image_size
+    init = functools.partial(train.create_train_state, self.model, self.tx, image_size=image_size)
+    self.state = jax.jit(init)(jax.random.key(0), class_embeddings=self.embeddings)
+    self.batch = random_inputs(config, image_size, len(self.train_classes), config.train.batch_size)
+
+  def replace_variables(self, variables: dict) -> None:
+    """Trains from these variables (e.g. converted PyTorch weights) instead of random init."""
+    params = variables["params"]
+    self.state = train.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      frozen=variables.get("batch_stats", {}),
+      opt_state=self.tx.init(params),
+    )
+
+  def train_step(self):
+    """(jitted step, its compiled executable, the arguments, compile seconds)."""
+    step_fn = jax.jit(
+      functools.partial(
+        train.train_step,
+        model=self.model,
+        tx=self.tx,
+        config=self.config,
+        train_classes=self.train_classes,
+      ),
+      donate_argnums=(0,),
+    )
+    batch_sharding = NamedSharding(self.mesh, P("data"))
+    batch = train.make_global_batch(self.batch, batch_sharding)
+    rng = jax.random.key(1)
+    start = time.perf_counter()
+    with jax.set_mesh(self.mesh):
+      compiled = step_fn.lower(self.state, batch, self.embeddings, rng).compile()
+    return compiled, (batch, self.embeddings, rng), time.perf_counter() - start
+
+
+def time_training(
+  bench: Bench,
+  peak: float | None,
+  warmup: int,
+  steps: int,
+  hlo_file: str = "",
+  profile_dir: str = "",
+) -> tuple[dict, list[float]]:
+  """Times the jitted train step; returns its figures and the loss of every call."""
+  compiled, (batch, emb, rng), compile_s = bench.train_step()
+  losses = []
+
+  def call():
+    bench.state, metrics = compiled(bench.state, batch, emb, rng)
+    losses.append(metrics["loss"])
+    return metrics["loss"]
+
+  with jax.set_mesh(bench.mesh):
+    seconds = time_calls(call, warmup, steps)
+  if hlo_file:
+    with open(hlo_file, "w") as f:
+      f.write(compiled.as_text())
+  if profile_dir:
+    with jax.set_mesh(bench.mesh), jax.profiler.trace(profile_dir):
+      for _ in range(3):
+        jax.block_until_ready(call())
+  figures = summarize(
+    "train", seconds, compile_s, compiled_flops(compiled), bench.config.train.batch_size, peak
+  )
+  return figures, [float(x) for x in losses]
+
+
+def time_evaluation(
+  bench: Bench, eval_size: int, peak: float | None, warmup: int, steps: int
+) -> dict:
+  """The evaluation forward: MSC logits over every class, resized to the input, argmax."""
+  config = bench.config
+  candidates = jnp.asarray(bench.split.eval_classes)
+  scales = tuple(config.model.msc_scales)
+  variables = {"params": bench.state.params, "batch_stats": bench.state.frozen}
+
+  def forward(variables, images, embeddings):
+    logits_fn = lambda x: train.logits_for_classes(
+      bench.model, variables, x, embeddings, candidates
+    )
+    fused = msc.multi_scale_logits(logits_fn, images, scales)[-1]
+    return jnp.argmax(msc.resize_logits(fused, *images.shape[1:3]), axis=-1)
+
+  batch = config.eval.batch_size
+  images = random_inputs(config, eval_size, 2, batch)["image"]
+  images = jax.device_put(images, NamedSharding(bench.mesh, P("data")))
+  start = time.perf_counter()
+  with jax.set_mesh(bench.mesh):
+    compiled = jax.jit(forward).lower(variables, images, bench.embeddings).compile()
+  compile_s = time.perf_counter() - start
+  with jax.set_mesh(bench.mesh):
+    seconds = time_calls(lambda: compiled(variables, images, bench.embeddings), warmup, steps)
+  return summarize("eval", seconds, compile_s, compiled_flops(compiled), batch, peak)
+
+
+def time_input(config) -> dict:
+  """images/s of the tf.data training stream (input_benchmark), as a row of the table."""
+  import tempfile
+
+  from spnet_jax.data import datasets, fake_data
+
+  with tempfile.TemporaryDirectory() as scratch:
+    if FLAGS.fake_images:
+      manual = os.path.join(scratch, "manual")
+      fake_data.write_fake_manual_dir(
+        manual, config.data.name, num_train=FLAGS.fake_images, num_test=2, realistic=True
+      )
+      config.data.data_dir = os.path.join(scratch, "tfds")
+      config.data.manual_dir = manual
+      config.data.auto_prepare = True
+    builder = datasets.get_builder(config)
+    figures = input_benchmark.time_pipeline(config, builder, batches=20, warmup=3)
+  return {
+    "part": "input",
+    "images_per_s": figures["images_per_sec"],
+    "images_per_s_per_core": figures["images_per_sec_per_core"],
+    "cores": figures["cores"],
+  }
+
+
+def torch_side_by_side(bench: Bench, jax_losses: list[float], warmup: int, steps: int) -> dict:
+  """The PyTorch reference train step on the same weights, inputs and threads."""
+  from spnet_jax import torch_benchmark
+
+  figures = torch_benchmark.time_training(
+    bench.config,
+    bench.batch,
+    bench.train_classes,
+    bench.embeddings,
+    warmup=warmup,
+    steps=steps,
+    threads=input_benchmark.usable_cores(),
+  )
+  figures["jax_first_loss"] = jax_losses[0] if jax_losses else None
+  return figures
+
+
+def format_table(rows: list[dict]) -> str:
+  """One line per timed part."""
+  lines = [
+    f"{'part':<10} {'compile s':>9} {'step ms':>9} {'images/s':>9} {'GFLOP/step':>11} "
+    f"{'TFLOP/s':>8} {'MFU':>6}"
+  ]
+  for r in rows:
+    step = r.get("median_step_s")
+    mfu = r.get("mfu")
+    flops = r.get("flops_per_step")
+    lines.append(
+      f"{r['part']:<10} "
+      f"{r['compile_s'] if 'compile_s' in r else float('nan'):>9.1f} "
+      f"{1e3 * step if step else float('nan'):>9.1f} {r['images_per_s']:>9.2f} "
+      f"{flops / 1e9 if flops else float('nan'):>11.1f} "
+      f"{r.get('achieved_tflops', float('nan')):>8.3f} "
+      f"{'-' if mfu is None else f'{100 * mfu:.1f}%':>6}"
+    )
+  return "\n".join(lines)
+
+
+def environment() -> dict:
+  device = jax.devices()[0]
+  import flax
+
+  return {
+    "date": time.strftime("%Y-%m-%d"),
+    "device_kind": device.device_kind,
+    "platform": device.platform,
+    "devices": jax.device_count(),
+    "cores": input_benchmark.usable_cores(),
+    "python": sys.version.split()[0],
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  image_size = FLAGS.image_size or config.data.train.crop_size or config.data.init_image_size
+  eval_size = FLAGS.eval_size or config.data.eval.warp_size or image_size
+  unknown = set(FLAGS.parts) - {"train", "eval", "input"}
+  if unknown:
+    raise app.UsageError(f"--parts {sorted(unknown)}: valid parts are train, eval, input.")
+  peak, peak_source = peak_tflops(jax.devices()[0], FLAGS.peak_tflops)
+  env = environment()
+  print(
+    f"{env['device_kind']} x{env['devices']} ({env['cores']} cores), jax {env['jax']}; "
+    f"{config.model.backbone}, dtype {config.model.dtype}, batch {config.train.batch_size} "
+    f"(x{config.train.accumulation_steps} accumulation) at {image_size}px, MSC "
+    f"{tuple(config.model.msc_scales)}; peak: {peak_source}",
+    flush=True,
+  )
+  rows, result = [], {"environment": env, "peak_tflops": peak, "peak_source": peak_source}
+  bench = None
+  if "train" in FLAGS.parts or "eval" in FLAGS.parts or FLAGS.torch:
+    bench = Bench(config, image_size, FLAGS.embedding_dim)
+  if FLAGS.torch:
+    from spnet_jax import torch_benchmark
+
+    bench.replace_variables(torch_benchmark.converted_variables(config, FLAGS.embedding_dim))
+  losses = []
+  if "train" in FLAGS.parts or FLAGS.torch:
+    figures, losses = time_training(
+      bench, peak, FLAGS.warmup, FLAGS.steps, FLAGS.hlo_file, FLAGS.profile_dir
+    )
+    rows.append(figures)
+  if "eval" in FLAGS.parts:
+    rows.append(time_evaluation(bench, eval_size, peak, FLAGS.warmup, FLAGS.steps))
+  if "input" in FLAGS.parts:
+    rows.append(time_input(config))
+  result["parts"] = rows
+  print(format_table(rows))
+  if FLAGS.torch:
+    theirs = torch_side_by_side(bench, losses, FLAGS.warmup, FLAGS.steps)
+    ratio = rows[0]["median_step_s"] / theirs["median_step_s"]
+    theirs["jax_over_torch_step_time"] = ratio
+    result["torch"] = theirs
+    print(
+      f"PyTorch {theirs['torch_version']} ({theirs['threads']} threads): median step "
+      f"{1e3 * theirs['median_step_s']:.1f} ms over {theirs['steps_timed']} steps; JAX "
+      f"{1e3 * rows[0]['median_step_s']:.1f} ms -> JAX/PyTorch step time {ratio:.2f} "
+      f"({'JAX faster' if ratio < 1 else 'PyTorch faster'}); first-step loss JAX "
+      f"{theirs['jax_first_loss']:.4f}, PyTorch {theirs['first_loss']:.4f}"
+    )
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(result, f, indent=2)
+    print(f"Wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,71 @@
+"""The benchmark command's pieces: timing, FLOPs, MFU, and the PyTorch side on the same network."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import shapes_zlss, voc_zlss
+from spnet_jax import benchmark
+
+
+class _FakeDevice:
+  def __init__(self, kind):
+    self.device_kind = kind
+
+
+def test_peak_from_the_flag_the_datasheet_or_none():
+  assert benchmark.peak_tflops(_FakeDevice("NVIDIA H100 80GB HBM3"), 0.0)[0] == 989.0
+  assert benchmark.peak_tflops(_FakeDevice("NVIDIA H100 PCIe"), 0.0)[0] == 756.0
+  assert benchmark.peak_tflops(_FakeDevice("TPU v5 lite"), 0.0)[0] == 197.0
+  assert benchmark.peak_tflops(_FakeDevice("cpu"), 2.5) == (2.5, "--peak_tflops")
+  value, source = benchmark.peak_tflops(_FakeDevice("cpu"), 0.0)
+  assert value is None and "--peak_tflops" in source
+
+
+def test_summary_figures_by_hand():
+  figures = benchmark.summarize("train", [0.3, 0.1, 0.2], 5.0, 4e12, 8, peak=10.0)
+  assert figures["median_step_s"] == pytest.approx(0.2)
+  assert figures["images_per_s"] == pytest.approx(40.0)
+  assert figures["achieved_tflops"] == pytest.approx(20.0)
+  assert figures["mfu"] == pytest.approx(2.0 / jax.device_count())
+  assert benchmark.summarize("eval", [1.0], 1.0, 1e9, 1, peak=None)["mfu"] is None
+
+
+def test_train_and_eval_parts_time_the_configs_step():
+  config = shapes_zlss.get_config()
+  config.model.width = 8
+  config.model.dilations = (1, 2)
+  config.train.batch_size = 2
+  bench = benchmark.Bench(config, image_size=32, embedding_dim=8)
+  figures, losses = benchmark.time_training(bench, peak=1.0, warmup=1, steps=2)
+  assert figures["steps_timed"] == 2 and figures["median_step_s"] > 0
+  assert figures["flops_per_step"] > 0 and 0 < figures["mfu"]
+  assert len(losses) == 3 and np.all(np.isfinite(losses))
+  evaluation = benchmark.time_evaluation(bench, 32, None, warmup=1, steps=1)
+  assert evaluation["flops_per_step"] > 0 and evaluation["mfu"] is None
+  table = benchmark.format_table([figures, evaluation])
+  assert table.splitlines()[1].startswith("train") and table.splitlines()[2].startswith("eval")
+
+
+def test_pytorch_side_runs_the_same_network_and_loss():
+  pytest.importorskip("torch")
+  config = voc_zlss.get_config()
+  config.train.batch_size = 2
+  config.train.accumulation_steps = 2
+  bench = benchmark.Bench(config, image_size=33, embedding_dim=8)
+  from spnet_jax import torch_benchmark
+
+  bench.replace_variables(torch_benchmark.converted_variables(config, 8))
+  _, losses = benchmark.time_training(bench, None, warmup=1, steps=1)
+  theirs = benchmark.torch_side_by_side(bench, losses, warmup=1, steps=1)
+  # Same weights, inputs, MSC outputs, label resizing and accumulation: the same first loss.
+  assert theirs["first_loss"] == pytest.approx(losses[0], rel=1e-4)
+  assert theirs["median_step_s"] > 0 and theirs["threads"] >= 1
+
+
+def test_pytorch_side_names_what_it_supports():
+  pytest.importorskip("torch")
+  from spnet_jax import torch_benchmark
+
+  with pytest.raises(ValueError, match="backbone='tiny'"):
+    torch_benchmark.random_state_dict(shapes_zlss.get_config(), 8)
