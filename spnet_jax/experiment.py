@@ -23,6 +23,7 @@ from spnet_jax.models import SegmentationNet, create_model
 
 MODES = ("train_and_evaluate", "evaluate")
 CONFIG_FILE = "config.json"  # The run's config, written into its workdir.
+PREDICTION_IMAGES = 3  # Test images shown in TensorBoard after evaluation.
 
 
 @dataclasses.dataclass
@@ -135,6 +136,18 @@ def start_from_zero_label_run(state, abstract, source: str, tx):
   )
 
 
+def create_eval_tasks(setup: RunSetup) -> evaluate.EvalTasks:
+  """What the run is scored on: its split's classes, every gamma of the sweep."""
+  config = setup.config
+  return evaluate.create_tasks(
+    setup.split,
+    gamma_grid(config),
+    learned_classifier=config.model.classifier != "projection",
+    # Classes trained with real labels: calibration subtracts gamma from these.
+    trained_classes=setup.pool.visible_classes if setup.pool else None,
+  )
+
+
 def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.ndarray]]:
   """Chooses gamma on the calibration split, then evaluates the test split.
 
@@ -144,13 +157,7 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.n
   never trained on, and never the test split).
   """
   config = setup.config
-  tasks = evaluate.create_tasks(
-    setup.split,
-    gamma_grid(config),
-    learned_classifier=config.model.classifier != "projection",
-    # Classes trained with real labels: calibration subtracts gamma from these.
-    trained_classes=setup.pool.visible_classes if setup.pool else None,
-  )
+  tasks = create_eval_tasks(setup)
   calibration_split = config.eval.calibration_split
   sweep = None
   if config.eval.gamma_file:
@@ -221,7 +228,9 @@ def write_results(
 
   confusions.npz holds the test split's matrices [C, C + 1] (rows: ground truth, columns:
   prediction, last column: no prediction): 'zlss', and 'gzlss' with one matrix per gamma of
-  results['gamma_grid'].
+  results['gamma_grid']; and 'class_images' [C], the number of test images with each class.
+  The scalars include every class's IoU: eval_zlss_iou/<class> (unseen classes),
+  eval_gzlss_iou/<class> and eval_gzlss_calibrated_iou/<class> (every evaluated class).
   """
   test = results["test"]
   scalars = {
@@ -235,6 +244,14 @@ def write_results(
       for k in ("seen_miou", "unseen_miou", "harmonic", "gamma")
     },
   }
+  per_class = {
+    "eval_zlss_iou": test["zlss"]["per_class_iou"],
+    "eval_gzlss_iou": test["gzlss"]["per_class_iou_uncalibrated"],
+    "eval_gzlss_calibrated_iou": test["gzlss"]["per_class_iou_calibrated"],
+  }
+  for prefix, values in per_class.items():
+    # A class absent from ground truth and predictions has no IoU (None): no point to draw.
+    scalars.update({f"{prefix}/{k}": v for k, v in values.items() if v is not None})
   writer.write_scalars(results["step"], scalars)
   writer.flush()
   if jax.process_index() != 0:
@@ -249,6 +266,20 @@ def write_results(
     json.dump(_json_safe(results), f, indent=2)
   print(evaluate.format_report(results, setup.split), flush=True)
   print(f"Wrote {path}", flush=True)
+
+
+def write_prediction_images(
+  setup: RunSetup, state, writer: metric_writers.MetricWriter, count: int = PREDICTION_IMAGES
+) -> None:
+  """TensorBoard images eval_predictions/<i>: image | ground truth | GZLSS prediction.
+
+  The first `count` test images; process 0 alone computes and writes them.
+  """
+  if jax.process_index() != 0:
+    return
+  panels = evaluate.prediction_panels(setup, state, create_eval_tasks(setup), count)
+  writer.write_images(int(state.step), {f"eval_predictions/{i}": p for i, p in enumerate(panels)})
+  writer.flush()
 
 
 def _json_safe(value):
@@ -324,6 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return {"preempted_at_step": int(state.step)}
   results, confusions = calibrate_and_evaluate(setup, state)
   write_results(workdir, results, confusions, setup, writer)
+  write_prediction_images(setup, state, writer)
   manager.close()
   writer.close()
   return results

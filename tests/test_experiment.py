@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from spnet_jax import checkpoint, experiment, train
-from spnet_jax.data import datasets
+from spnet_jax import checkpoint, evaluate, experiment, train, visualize
+from spnet_jax.data import datasets, pipeline, splits
 
 from .conftest import ROOT, main_command
 
@@ -39,6 +39,48 @@ def test_train_and_evaluate_writes_checkpoints_summaries_and_results(fast_config
   assert test["gzlss"]["calibrated"]["gamma"] == best
   assert test["gzlss"]["uncalibrated"]["gamma"] == 0.0
   assert len(test["gzlss"]["per_class_iou_uncalibrated"]) == 17
+  assert len(test["class_statistics"]) == 17
+  # TensorBoard: every class's IoU and the prediction overlays of the first test images.
+  tags = _event_tags(workdir)
+  assert tags["eval_zlss_iou/red-disc"] == "scalars"
+  assert tags["eval_gzlss_iou/background"] == "scalars"
+  assert tags["eval_gzlss_calibrated_iou/yellow-annulus"] == "scalars"
+  assert sum(t.startswith("eval_gzlss_iou/") for t in tags) == 17
+  images = {t for t, plugin in tags.items() if plugin == "images"}
+  assert images == {f"eval_predictions/{i}" for i in range(experiment.PREDICTION_IMAGES)}
+
+
+def _event_tags(workdir: str) -> dict[str, str]:
+  """Tag -> plugin name ('scalars', 'images') of every summary in the workdir's event files."""
+  import tensorflow as tf
+
+  tags = {}
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        tags[value.tag] = value.metadata.plugin_data.plugin_name
+  return tags
+
+
+@pytest.mark.parametrize("mode", pipeline.IMAGE_MODES)
+def test_network_input_converts_back_to_the_uint8_image(mode):
+  image = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+  normalized = pipeline.normalize_image(image, mode).numpy()
+  np.testing.assert_array_equal(evaluate.to_uint8_rgb(normalized, mode), image)
+
+
+def test_comparison_panel_puts_image_truth_and_prediction_side_by_side():
+  image = np.full((10, 12, 3), 200, np.uint8)
+  label = np.full((10, 12), splits.IGNORE_LABEL)
+  label[:5] = 2
+  prediction = np.full((10, 12), 3)  # 3: outside the class list (no prediction), black.
+  panel = evaluate.comparison_panel(image, label, prediction, ["a", "b", "c"])
+  assert panel.shape[0] == 10 and panel.shape[1] > 3 * 12 + 8
+  np.testing.assert_array_equal(panel[:, :12], image)
+  np.testing.assert_array_equal(
+    panel[:, 16:28], visualize.overlay(image, label, "abc", legend=False)
+  )
+  assert panel[0, 32].tolist() == [90, 90, 90]  # 0.45 * 200: the prediction drawn black.
 
 
 def test_rerun_resumes_from_latest_checkpoint_and_evaluate_mode(fast_config, tmp_path):
