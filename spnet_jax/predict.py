@@ -202,16 +202,18 @@ class Predictor:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise ValueError(f"{manager.directory} holds no checkpoint: train the run first.")
-    self._check_shapes(abstract.params, os.path.join(str(manager.directory), str(step)))
+    self._check_shapes(abstract.params, str(manager.directory), step)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     state = checkpoint.restore(manager, checkpoint.abstract_with_sharding(abstract, device), step)
     manager.close()
     return {"params": state.params, FROZEN_COLLECTION: state.frozen}
 
-  def _check_shapes(self, params, step_dir: str) -> None:
+  def _check_shapes(self, params, directory: str, step: int) -> None:
     """Names the embedding width when the checkpoint and the given embeddings disagree."""
-    stored = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "default"))
-    stored = getattr(stored, "item_metadata", stored)["params"]
+    reader = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
+    stored = reader.item_metadata(step)["params"]
+    reader.close()
+    step_dir = os.path.join(directory, str(step))
     stored = flax.traverse_util.flatten_dict(dict(stored), sep="/")
     wanted = flax.traverse_util.flatten_dict(params, sep="/")
     mismatched = {
