@@ -14,7 +14,6 @@ the ratio (ResNet-101 + ASPP projection only).
 
 import functools
 import json
-import os
 import statistics
 import sys
 import time
@@ -32,11 +31,12 @@ from spnet_jax import input_benchmark, train
 from spnet_jax import optimizer as optim
 from spnet_jax.data import splits
 from spnet_jax.models import create_model, msc
+from spnet_jax.models.layers import FROZEN_COLLECTION
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 flags.DEFINE_list("parts", ["train", "eval"], "What to time: train, eval, input.")
-flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
+flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported); 0: compile only.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_integer("image_size", 0, "Training crop side (0: the config's crop or init size).")
 flags.DEFINE_integer("eval_size", 0, "Evaluation input side (0: data.eval.warp_size or train).")
@@ -44,6 +44,11 @@ flags.DEFINE_integer("embedding_dim", 600, "Width of the random class embeddings
 flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for MFU (0: datasheet or none).")
 flags.DEFINE_bool("torch", False, "Also time the PyTorch reference of the same network.")
 flags.DEFINE_integer("fake_images", 0, "Input part: generate this many fake images first.")
+flags.DEFINE_bool(
+  "measure_peak",
+  True,
+  "Time a 4096^2 matmul in the model dtype; its TFLOP/s is the peak of last resort.",
+)
 flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 flags.DEFINE_string("profile_dir", "", "Write a JAX profiler trace of 3 training steps here.")
 flags.DEFINE_string("hlo_file", "", "Write the compiled training step's HLO text here.")
@@ -76,6 +81,14 @@ def peak_tflops(device: jax.Device, given: float) -> tuple[float | None, str]:
   return None, f"unknown for {device.device_kind!r}: pass --peak_tflops"
 
 
+def matmul_tflops(dtype: str, size: int = 4096, repeats: int = 5) -> float:
+  """Measured TFLOP/s of one device on a large square matmul: a practical peak."""
+  x = jnp.ones((size, size), jnp.dtype(dtype))
+  matmul = jax.jit(lambda a: a @ a).lower(x).compile()
+  seconds = time_calls(lambda: matmul(x), warmup=1, steps=repeats)
+  return 2 * size**3 / statistics.median(seconds) / 1e12
+
+
 def compiled_flops(compiled) -> float:
   """FLOPs of one call of a compiled executable (XLA cost analysis; NaN if unavailable)."""
   cost = compiled.cost_analysis() or {}
@@ -85,6 +98,8 @@ def compiled_flops(compiled) -> float:
 
 def time_calls(call, warmup: int, steps: int) -> list[float]:
   """Seconds per call, each ended by a device synchronisation, after `warmup` calls."""
+  if steps == 0:  # Compile only.
+    return []
   for _ in range(warmup):
     jax.block_until_ready(call())
   seconds = []
@@ -96,19 +111,19 @@ def time_calls(call, warmup: int, steps: int) -> list[float]:
 
 
 def summarize(name, seconds, compile_s, flops, images, peak) -> dict:
-  """Median step time and the figures derived from it."""
-  median = statistics.median(seconds)
-  achieved = flops / median
-  devices = jax.device_count()
+  """Median step time and the figures derived from it (None without timed steps)."""
+  median = statistics.median(seconds) if seconds else None
+  # XLA's cost analysis counts the per-device (SPMD-partitioned) program: MFU is per device.
+  achieved = flops / median if median else None
   return {
     "part": name,
     "compile_s": compile_s,
     "median_step_s": median,
     "steps_timed": len(seconds),
-    "images_per_s": images / median,
+    "images_per_s": images / median if median else None,
     "flops_per_step": flops,
-    "achieved_tflops": achieved / 1e12,
-    "mfu": achieved / (peak * 1e12 * devices) if peak else None,
+    "achieved_tflops": achieved / 1e12 if achieved else None,
+    "mfu": achieved / (peak * 1e12) if peak and achieved else None,
   }
 
 
@@ -130,9 +145,18 @@ def class_embeddings(num_classes: int, dim: int) -> np.ndarray:
 
 
 class Bench:
-  """The config's model, optimiser, train step and an initial state on random inputs."""
+  """The config's model, optimiser, train step and an initial state on random inputs.
 
-  def __init__(self, config: ml_collections.ConfigDict, image_size: int, embedding_dim: int):
+  `variables` (e.g. converted PyTorch weights) replace the random initialisation.
+  """
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    image_size: int,
+    embedding_dim: int,
+    variables: dict | None = None,
+  ):
     self.config = config
     self.split = splits.get_split(config.data.name, config.data.split)
     self.train_classes = np.asarray(self.split.train_classes)
@@ -141,18 +165,37 @@ class Bench:
     self.tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
     self.mesh = train.create_mesh()
     self.image_size = image_size
-    init = functools.partial(train.create_train_state, self.model, self.tx, image_size=image_size)
-    self.state = jax.jit(init)(jax.random.key(0), class_embeddings=self.embeddings)
+    if variables is None:
+      init = functools.partial(train.create_train_state, self.model, self.tx, image_size=image_size)
+      self.state = jax.jit(init)(jax.random.key(0), class_embeddings=self.embeddings)
+    else:
+      params = variables["params"]
+      self.state = train.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=variables.get(FROZEN_COLLECTION, {}),
+        opt_state=self.tx.init(params),
+      )
     self.batch = random_inputs(config, image_size, len(self.train_classes), config.train.batch_size)
 
-  def replace_variables(self, variables: dict) -> None:
-    """Trains from these variables (e.g. converted PyTorch weights) instead of random init."""
-    params = variables["params"]
-    self.state = train.TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      frozen=variables.get("batch_stats", {}),
-      opt_state=self.tx.init(params),
+  def first_loss(self) -> float:
+    """The loss of the first step (mean over micro-batches), without compiling the step."""
+    k = self.config.train.accumulation_steps
+    loss = jax.jit(
+      functools.partial(
+        train.loss_fn,
+        model=self.model,
+        config=self.config,
+        class_embeddings=jnp.asarray(self.embeddings),
+        train_classes=jnp.asarray(self.train_classes),
+      )
+    )
+    images, labels = self.batch["image"], self.batch["label"]
+    rng = jax.random.key(1)
+    return float(
+      np.mean(
+        [loss(self.state.params, self.state, images[j::k], labels[j::k], rng) for j in range(k)]
+      )
     )
 
   def train_step(self):
@@ -238,21 +281,7 @@ def time_evaluation(
 
 def time_input(config) -> dict:
   """images/s of the tf.data training stream (input_benchmark), as a row of the table."""
-  import tempfile
-
-  from spnet_jax.data import datasets, fake_data
-
-  with tempfile.TemporaryDirectory() as scratch:
-    if FLAGS.fake_images:
-      manual = os.path.join(scratch, "manual")
-      fake_data.write_fake_manual_dir(
-        manual, config.data.name, num_train=FLAGS.fake_images, num_test=2, realistic=True
-      )
-      config.data.data_dir = os.path.join(scratch, "tfds")
-      config.data.manual_dir = manual
-      config.data.auto_prepare = True
-    builder = datasets.get_builder(config)
-    figures = input_benchmark.time_pipeline(config, builder, batches=20, warmup=3)
+  figures = input_benchmark.measure(config, FLAGS.fake_images, batches=20, warmup=3)
   return {
     "part": "input",
     "images_per_s": figures["images_per_sec"],
@@ -284,16 +313,16 @@ def format_table(rows: list[dict]) -> str:
     f"{'part':<10} {'compile s':>9} {'step ms':>9} {'images/s':>9} {'GFLOP/step':>11} "
     f"{'TFLOP/s':>8} {'MFU':>6}"
   ]
+
+  def number(value, scale=1.0, digits=1):
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
   for r in rows:
-    step = r.get("median_step_s")
     mfu = r.get("mfu")
-    flops = r.get("flops_per_step")
     lines.append(
-      f"{r['part']:<10} "
-      f"{r['compile_s'] if 'compile_s' in r else float('nan'):>9.1f} "
-      f"{1e3 * step if step else float('nan'):>9.1f} {r['images_per_s']:>9.2f} "
-      f"{flops / 1e9 if flops else float('nan'):>11.1f} "
-      f"{r.get('achieved_tflops', float('nan')):>8.3f} "
+      f"{r['part']:<10} {number(r.get('compile_s')):>9} {number(r.get('median_step_s'), 1e3):>9} "
+      f"{number(r.get('images_per_s'), digits=2):>9} {number(r.get('flops_per_step'), 1e-9):>11} "
+      f"{number(r.get('achieved_tflops'), digits=3):>8} "
       f"{'-' if mfu is None else f'{100 * mfu:.1f}%':>6}"
     )
   return "\n".join(lines)
@@ -321,11 +350,18 @@ def main(argv):
   config = FLAGS.config
   image_size = FLAGS.image_size or config.data.train.crop_size or config.data.init_image_size
   eval_size = FLAGS.eval_size or config.data.eval.warp_size or image_size
+  if FLAGS.torch and FLAGS.steps < 1:
+    raise app.UsageError("--torch compares timed steps: use --steps >= 1 (5 or more).")
   unknown = set(FLAGS.parts) - {"train", "eval", "input"}
   if unknown:
     raise app.UsageError(f"--parts {sorted(unknown)}: valid parts are train, eval, input.")
   peak, peak_source = peak_tflops(jax.devices()[0], FLAGS.peak_tflops)
   env = environment()
+  if FLAGS.measure_peak:
+    env["matmul_tflops"] = matmul_tflops(config.model.dtype)
+    if peak is None:
+      peak = env["matmul_tflops"]
+      peak_source = f"measured 4096^2 {config.model.dtype} matmul: {peak:.3f} TFLOP/s"
   print(
     f"{env['device_kind']} x{env['devices']} ({env['cores']} cores), jax {env['jax']}; "
     f"{config.model.backbone}, dtype {config.model.dtype}, batch {config.train.batch_size} "
@@ -334,13 +370,14 @@ def main(argv):
     flush=True,
   )
   rows, result = [], {"environment": env, "peak_tflops": peak, "peak_source": peak_source}
-  bench = None
-  if "train" in FLAGS.parts or "eval" in FLAGS.parts or FLAGS.torch:
-    bench = Bench(config, image_size, FLAGS.embedding_dim)
+  bench, variables = None, None
   if FLAGS.torch:
     from spnet_jax import torch_benchmark
 
-    bench.replace_variables(torch_benchmark.converted_variables(config, FLAGS.embedding_dim))
+    # Both frameworks start from the same random PyTorch state dict.
+    variables = torch_benchmark.converted_variables(config, FLAGS.embedding_dim)
+  if "train" in FLAGS.parts or "eval" in FLAGS.parts or FLAGS.torch:
+    bench = Bench(config, image_size, FLAGS.embedding_dim, variables)
   losses = []
   if "train" in FLAGS.parts or FLAGS.torch:
     figures, losses = time_training(

@@ -57,22 +57,27 @@ def time_pipeline(config, builder, batches: int, warmup: int) -> dict:
   }
 
 
-def main(argv):
-  del argv
-  config = FLAGS.config
+def measure(config, fake_images: int, batches: int, warmup: int) -> dict:
+  """time_pipeline on the config's dataset, or on `fake_images` generated photo-sized images."""
   with tempfile.TemporaryDirectory() as scratch:
-    if FLAGS.fake_images:
+    if fake_images:
       from spnet_jax.data import fake_data
 
       manual = os.path.join(scratch, "manual")
       fake_data.write_fake_manual_dir(
-        manual, config.data.name, num_train=FLAGS.fake_images, num_test=2, realistic=True
+        manual, config.data.name, num_train=fake_images, num_test=2, realistic=True
       )
       config.data.data_dir = os.path.join(scratch, "tfds")
       config.data.manual_dir = manual
       config.data.auto_prepare = True
     builder = datasets.get_builder(config)
-    figures = time_pipeline(config, builder, FLAGS.batches, FLAGS.warmup_batches)
+    return time_pipeline(config, builder, batches, warmup)
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  figures = measure(config, FLAGS.fake_images, FLAGS.batches, FLAGS.warmup_batches)
   print(
     f"input pipeline ({config.data.name}, batch {config.train.batch_size}, "
     f"shape {figures['batch_shape']}): {figures['images_per_sec']:.1f} images/s on "

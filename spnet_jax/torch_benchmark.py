@@ -119,7 +119,7 @@ def time_training(
     for j in range(k):  # Micro-batch j: images j, j + k, ... (as the JAX step).
       loss = loss_of(images[j::k], labels[j::k]) / k
       loss.backward()
-      total += float(loss)
+      total += loss.detach().item()
     optimizer.step()
     losses.append(total)
 

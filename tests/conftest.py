@@ -27,26 +27,31 @@ def shapes_data_dir(tmp_path_factory) -> str:
   return directory
 
 
-@pytest.fixture
-def fast_config(shapes_data_dir):
-  """configs/shapes_zlss.py shrunk to run in seconds on the tiny dataset."""
+def tiny_config(data_dir: str, num_steps: int = 6, batch_size: int = 4):
+  """configs/shapes_zlss.py shrunk to the tiny dataset and a small model."""
   from configs import shapes_zlss
 
   config = shapes_zlss.get_config()
-  config.data.data_dir = shapes_data_dir
+  config.data.data_dir = data_dir
   config.data.builder_config = "tiny"
   config.data.auto_prepare = False
   config.data.shuffle_buffer = 64
   config.model.width = 16
   config.model.dilations = (1, 2)
-  config.train.num_steps = 6
-  config.train.batch_size = 4
+  config.train.num_steps = num_steps
+  config.train.batch_size = batch_size
   config.train.log_every_steps = 2
-  config.train.checkpoint_every_steps = 3
+  config.train.checkpoint_every_steps = max(num_steps // 2, 1)
   config.optimizer.warmup_steps = 2
   config.eval.batch_size = 8
   config.eval.gamma_step = 0.25
   return config
+
+
+@pytest.fixture
+def fast_config(shapes_data_dir):
+  """configs/shapes_zlss.py shrunk to run in seconds on the tiny dataset."""
+  return tiny_config(shapes_data_dir)
 
 
 def main_command(workdir: str, data_dir: str, *overrides: str) -> list[str]:

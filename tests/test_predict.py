@@ -10,7 +10,7 @@ from PIL import Image
 
 from spnet_jax import experiment, predict
 from spnet_jax.data import shapes, splits
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, subprocess_env, tiny_config
 
 UNSEEN_ONLY = ("background", "red-disc", "green-square", "blue-triangle", "yellow-annulus")
 
@@ -18,21 +18,9 @@ UNSEEN_ONLY = ("background", "red-disc", "green-square", "blue-triangle", "yello
 @pytest.fixture(scope="module")
 def trained_workdir(shapes_data_dir, tmp_path_factory):
   """A short zero-label run on the tiny shapes data (long enough to learn the colours)."""
-  from configs import shapes_zlss
-
-  config = shapes_zlss.get_config()
-  config.data.data_dir = shapes_data_dir
-  config.data.builder_config = "tiny"
-  config.data.auto_prepare = False
-  config.data.shuffle_buffer = 64
-  config.model.width = 16
-  config.model.dilations = (1, 2)
-  config.train.num_steps = 500
-  config.train.batch_size = 8
-  config.train.checkpoint_every_steps = 500
+  config = tiny_config(shapes_data_dir, num_steps=500, batch_size=8)
+  config.train.log_every_steps = 100
   config.optimizer.warmup_steps = 20
-  config.eval.batch_size = 8
-  config.eval.gamma_step = 0.5
   workdir = str(tmp_path_factory.mktemp("predict_run"))
   experiment.train_and_evaluate(config, workdir)
   return workdir
