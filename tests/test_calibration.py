@@ -41,7 +41,12 @@ def test_held_out_run_writes_the_sweep_and_the_final_run_uses_it(fast_config, tm
   calibrated = final["test"]["gzlss"]["calibrated"]
   assert calibrated["gamma"] == record["best_gamma"]
   assert "val classes held out" in calibrated["gamma_source"]
-  assert final["gamma_sweep"] is None
+  # The validation images' own choice is reported beside it, never applied.
+  sweep = final["gamma_sweep"]
+  assert sweep["split"] == "validation"
+  on_images = final["test"]["gzlss"]["calibrated_on_validation_images"]
+  assert on_images["gamma"] == sweep["best_gamma"]
+  assert "for comparison" in on_images["gamma_source"]
 
 
 def test_missing_gamma_file_says_how_to_make_it(fast_config, tmp_path):

@@ -122,3 +122,19 @@ def test_workdir_without_config_says_what_to_do(tmp_path):
   with pytest.raises(ValueError, match=r"config\.json does not exist"):
     experiment.load_run_config(str(tmp_path))
   assert os.path.isdir(tmp_path)
+
+
+def test_warped_input_predicts_at_each_images_own_size(trained_workdir, tmp_path):
+  """Configs that warp (VOC/COCO: 513) resize logits back to every image's original size."""
+  mask = green_square_image(str(tmp_path / "square.png"))
+  config = experiment.load_run_config(trained_workdir)
+  native = predict.Predictor(config, trained_workdir, predict.class_set(config, UNSEEN_ONLY))
+  config.data.eval.warp_size = 56
+  warped = predict.Predictor(config, trained_workdir, predict.class_set(config, UNSEEN_ONLY))
+  square = predict.read_image(str(tmp_path / "square.png"))
+  wide = np.asarray(Image.fromarray(square).resize((96, 40)))
+  labels = warped.predict_batch([square, wide], gamma=0.0, batch_size=2)
+  assert [x.shape for x in labels] == [(64, 64), (40, 96)]
+  reference = native.predict_batch([square], gamma=0.0, batch_size=1)[0]
+  assert np.mean(labels[0] == reference) > 0.9
+  assert np.mean(labels[0][mask] == UNSEEN_ONLY.index("green-square")) > 0.5

@@ -19,12 +19,14 @@ def _scores(seen, unseen, harmonic, gamma=0.0):
   }
 
 
-def _write_results(workdir, zlss, uncalibrated, calibrated=None):
+def _write_results(workdir, zlss, uncalibrated, calibrated=None, on_images=None):
   os.makedirs(workdir, exist_ok=True)
   test = {
     "zlss": {"unseen_miou": zlss},
     "gzlss": {"uncalibrated": uncalibrated, "calibrated": calibrated or uncalibrated},
   }
+  if on_images:
+    test["gzlss"]["calibrated_on_validation_images"] = on_images
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump({"test": test}, f)
 
@@ -112,6 +114,7 @@ def _write_suite(root, seeds, good=True):
       0.9 + shift,
       _scores(0.9, 0.6, 0.72),
       _scores(0.88, 0.7, 0.78, gamma=0.4),
+      _scores(0.89, 0.68, 0.77, gamma=0.45),
     )
     _write_results(os.path.join(d, "hvsl"), 0.8 if good else 0.95, _scores(0.9, 0.3, 0.45))
     _write_results(os.path.join(d, "selftrain"), 0.95, _scores(0.92, 0.8, 0.86))
@@ -127,11 +130,15 @@ def test_suite_tables_report_medians_and_findings(tmp_path):
   assert spnet["per_seed"]["zlss_unseen_miou"] == pytest.approx([0.9, 0.91, 0.92])
   assert spnet["median"]["zlss_unseen_miou"] == pytest.approx(0.91)
   assert summary["zero_label"][2]["median"]["zlss_unseen_miou"] is None
+  assert summary["zero_label"][2]["median"]["gamma"] == pytest.approx(0.45)
   assert all(check["holds"] for check in summary["checks"]), summary["checks"]
   text = report.write_suite_report(root, summary)
   assert "| SPNet | 91.0 | 90.0 | 60.0 | 72.0 | 0.00 |" in text
   assert (
     "| SPNet + calibration (gamma from held-out classes) | – | 88.0 | 70.0 | 78.0 | 0.40 |" in text
+  )
+  assert (
+    "| SPNet + calibration (gamma on validation images) | – | 89.0 | 68.0 | 77.0 | 0.45 |" in text
   )
   assert "| 1 | SPNet | 70.0 | 90.0 | 50.0 | 64.0 | 50.0 |" in text
   assert "DOES NOT HOLD" not in text
