@@ -172,34 +172,39 @@ def _cell(value) -> str:
   return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def suite_markdown(summary: dict) -> str:
   """The two README tables (medians) and the list of checked findings."""
   seeds = ", ".join(str(s) for s in summary["seeds"])
-  lines = [
-    f"Zero-label (test split, median over seeds {seeds}; IoUs in percent):",
-    "",
-    "| method | ZLSS unseen | GZLSS seen | GZLSS unseen | GZLSS H | gamma |",
-    "| --- | --- | --- | --- | --- | --- |",
+  scores = ("seen_miou", "unseen_miou", "harmonic")
+  zero_label = [
+    [row["method"], _cell(row["median"]["zlss_unseen_miou"])]
+    + [_cell(row["median"][k]) for k in scores]
+    + [f"{row['median']['gamma']:.2f}"]
+    for row in summary["zero_label"]
   ]
-  for row in summary["zero_label"]:
-    m = row["median"]
-    lines.append(
-      f"| {row['method']} | {_cell(m['zlss_unseen_miou'])} | {_cell(m['seen_miou'])} | "
-      f"{_cell(m['unseen_miou'])} | {_cell(m['harmonic'])} | {m['gamma']:.2f} |"
-    )
+  few_label = [
+    [str(row["n"]), row["method"]]
+    + [_cell(row["median"][k]) for k in ("zlss_unseen_miou", *scores, "miou")]
+    for row in summary["few_label"]
+  ]
+  lines = [f"Zero-label (test split, median over seeds {seeds}; IoUs in percent):", ""]
+  lines += _markdown_table(
+    ["method", "ZLSS unseen", "GZLSS seen", "GZLSS unseen", "GZLSS H", "gamma"], zero_label
+  )
   lines += [
     "",
     f"Few-label, n labelled images per class (test split, median over seeds {seeds}):",
     "",
-    "| n | method | FLSS unseen | GFLSS seen | GFLSS unseen | GFLSS H | GFLSS mIoU |",
-    "| --- | --- | --- | --- | --- | --- | --- |",
   ]
-  for row in summary["few_label"]:
-    m = row["median"]
-    lines.append(
-      f"| {row['n']} | {row['method']} | {_cell(m['zlss_unseen_miou'])} | {_cell(m['seen_miou'])} "
-      f"| {_cell(m['unseen_miou'])} | {_cell(m['harmonic'])} | {_cell(m['miou'])} |"
-    )
+  lines += _markdown_table(
+    ["n", "method", "FLSS unseen", "GFLSS seen", "GFLSS unseen", "GFLSS H", "GFLSS mIoU"],
+    few_label,
+  )
   lines += ["", "Findings of the paper, checked on the medians:", ""]
   for check in summary["checks"]:
     mark = "holds" if check["holds"] else "DOES NOT HOLD"
