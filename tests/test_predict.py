@@ -138,3 +138,21 @@ def test_warped_input_predicts_at_each_images_own_size(trained_workdir, tmp_path
   reference = native.predict_batch([square], gamma=0.0, batch_size=1)[0]
   assert np.mean(labels[0] == reference) > 0.9
   assert np.mean(labels[0][mask] == UNSEEN_ONLY.index("green-square")) > 0.5
+
+
+def test_raw_word_vector_files_embed_new_names(trained_workdir, tmp_path):
+  config = experiment.load_run_config(trained_workdir)
+  rng = np.random.default_rng(1)
+  words = {w: rng.normal(size=9) for w in ("purple", "star", "background")}
+  lines = ["3 9"] + [f"{w} " + " ".join(f"{x:.6f}" for x in v) for w, v in words.items()]
+  (tmp_path / "tiny.vec").write_text("\n".join(lines) + "\n")
+  classes = predict.class_set(
+    config, ["background", "purple-star"], word_vector_files=[str(tmp_path / "tiny.vec")]
+  )
+  # A name of several words is the mean of its words' vectors, then L2-normalised.
+  expected = (words["purple"] + words["star"]) / 2
+  np.testing.assert_allclose(classes.vectors[1], expected / np.linalg.norm(expected), atol=1e-5)
+  assert classes.calibrated.tolist() == [True, False]
+  assert predict.Predictor(config, trained_workdir, classes).classes.names[1] == "purple-star"
+  with pytest.raises(ValueError, match="unknown format"):
+    predict.class_set(config, ["background"], word_vector_files=[str(tmp_path / "tiny.npz")])
