@@ -54,15 +54,19 @@ def create_setup(config: ml_collections.ConfigDict) -> RunSetup:
   """Validates the config and builds split, embeddings, dataset, mesh, model and optimiser."""
   validation.validate_config(config)
   builder = datasets.get_builder(config)
-  split = splits.get_split(config.data.name, config.data.split)
-  if config.data.hold_out_val_classes:
-    split = split.holding_out_val()
+  split = run_split(config)
   class_embeddings = embeddings.load_class_embeddings(config, split)
   mesh = train.create_mesh()
   model = create_model(config.model, class_embeddings.shape[1], split.num_classes)
   tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
   pool = create_pool(config, builder, split) if config.fewshot.n else None
   return RunSetup(config, split, class_embeddings, builder, mesh, model, tx, pool)
+
+
+def run_split(config: ml_collections.ConfigDict) -> splits.ClassSplit:
+  """The class split a run trains and evaluates on (val held out as unseen in a calibration run)."""
+  split = splits.get_split(config.data.name, config.data.split)
+  return split.holding_out_val() if config.data.get("hold_out_val_classes") else split
 
 
 def create_pool(

@@ -86,9 +86,7 @@ def run_split(workdir: str, results: dict) -> splits.ClassSplit:
       f"older version; evaluate it again with {_RUN_COMMAND.format(workdir=workdir)}."
     )
   config = experiment.load_run_config(workdir)
-  split = splits.get_split(config.data.name, config.data.split)
-  if config.data.get("hold_out_val_classes"):
-    split = split.holding_out_val()
+  split = experiment.run_split(config)
   if split.names(split.unseen) != results["classes"]["unseen"]:
     raise ValueError(
       f"{workdir}: config.json's class split ({config.data.name}/{config.data.split}) has "

@@ -47,14 +47,9 @@ class ClassSet:
   source: str
 
 
-def run_split(config: ml_collections.ConfigDict) -> splits.ClassSplit:
-  split = splits.get_split(config.data.name, config.data.split)
-  return split.holding_out_val() if config.data.hold_out_val_classes else split
-
-
 def trained_class_names(config: ml_collections.ConfigDict) -> set[str]:
   """Classes the run trained with labels (what calibration penalises)."""
-  split = run_split(config)
+  split = experiment.run_split(config)
   trained = split.eval_classes if config.fewshot.n else split.train_classes
   return set(split.names(trained))
 
@@ -74,7 +69,7 @@ def class_set(
   word_vector_files: Sequence[str] = (),
 ) -> ClassSet:
   """Embeddings for `names` (default: the run's classes) from the first source that applies."""
-  split = run_split(config)
+  split = experiment.run_split(config)
   names = list(names) if names else list(split.names(split.eval_classes))
   if len(set(names)) != len(names):
     raise ValueError(f"Class names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}.")
@@ -171,7 +166,7 @@ class Predictor:
   ):
     self.config = config
     self.classes = classes
-    self.split = run_split(config)
+    self.split = experiment.run_split(config)
     self.projection = config.model.classifier == "projection"
     self.model = create_model(config.model, classes.vectors.shape[1], self.split.num_classes)
     self.variables = self._restore(workdir, step or None)
