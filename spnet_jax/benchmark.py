@@ -27,10 +27,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from spnet_jax import input_benchmark, train
+from spnet_jax import host, step
 from spnet_jax import optimizer as optim
 from spnet_jax.data import splits
-from spnet_jax.models import create_model, msc
+from spnet_jax.models import create_model, msc, uses_space_to_batch
 from spnet_jax.models.layers import FROZEN_COLLECTION
 
 FLAGS = flags.FLAGS
@@ -47,7 +47,7 @@ flags.DEFINE_integer("fake_images", 0, "Input part: generate this many fake imag
 flags.DEFINE_bool(
   "measure_peak",
   True,
-  "Time a 4096^2 matmul in the model dtype; its TFLOP/s is the peak of last resort.",
+  "Time a large matmul in the model dtype; its TFLOP/s is the peak of last resort.",
 )
 flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 flags.DEFINE_string("profile_dir", "", "Write a JAX profiler trace of 3 training steps here.")
@@ -81,19 +81,40 @@ def peak_tflops(device: jax.Device, given: float) -> tuple[float | None, str]:
   return None, f"unknown for {device.device_kind!r}: pass --peak_tflops"
 
 
-def matmul_tflops(dtype: str, size: int = 4096, repeats: int = 5) -> float:
-  """Measured TFLOP/s of one device on a large square matmul: a practical peak."""
-  x = jnp.ones((size, size), jnp.dtype(dtype))
+def matmul_tflops(dtype: str, size: int = 0, repeats: int = 5) -> float:
+  """Measured TFLOP/s of one device on a large square matmul: a practical peak.
+
+  size 0: 8192 on accelerators (a 4096 product is too short to hide the dispatch), 4096 on CPUs.
+  """
+  size = size or (4096 if jax.default_backend() == "cpu" else 8192)
+  # Random operands: zeros or ones can run faster than real data.
+  x = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
   matmul = jax.jit(lambda a: a @ a).lower(x).compile()
   seconds = time_calls(lambda: matmul(x), warmup=1, steps=repeats)
   return 2 * size**3 / statistics.median(seconds) / 1e12
 
 
-def compiled_flops(compiled) -> float:
-  """FLOPs of one call of a compiled executable (XLA cost analysis; NaN if unavailable)."""
-  cost = compiled.cost_analysis() or {}
+def xla_flops(stage) -> float:
+  """FLOPs of one call of a lowered or compiled function (XLA cost analysis; NaN if none)."""
+  cost = stage.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, list) else cost
   return float(cost.get("flops", float("nan")))
+
+
+def model_flops(fn, *args) -> float:
+  """XLA's FLOP count of `fn(*args)` per device, counted on the host CPU backend.
+
+  GPU executables hand convolutions to cuDNN as custom calls, which XLA's cost analysis does
+  not count (and a GPU lowering reports no count at all), so the program is lowered for the
+  CPU, without compiling, on abstract copies of the arguments. The global count is divided by
+  the device count (data parallel: every device runs 1/n of the batch).
+  """
+  try:
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  except RuntimeError:  # JAX_PLATFORMS without cpu.
+    return xla_flops(jax.jit(fn).lower(*args)) / jax.device_count()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
+  return xla_flops(jax.jit(fn).lower(*abstract)) / jax.device_count()
 
 
 def time_calls(call, warmup: int, steps: int) -> list[float]:
@@ -162,15 +183,23 @@ class Bench:
     self.train_classes = np.asarray(self.split.train_classes)
     self.embeddings = class_embeddings(self.split.num_classes, embedding_dim)
     self.model = create_model(config.model, embedding_dim, self.split.num_classes)
+    # Model FLOPs are counted on native dilated convs, however the config computes them, and
+    # without accumulation: XLA counts a loop body once, whatever its trip count.
+    self.counting_config = ml_collections.ConfigDict(config.to_dict())
+    self.counting_config.model.atrous_conv = "dilated"
+    self.counting_config.train.accumulation_steps = 1
+    self.counting_model = create_model(
+      self.counting_config.model, embedding_dim, self.split.num_classes
+    )
     self.tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
-    self.mesh = train.create_mesh()
+    self.mesh = step.create_mesh()
     self.image_size = image_size
     if variables is None:
-      init = functools.partial(train.create_train_state, self.model, self.tx, image_size=image_size)
+      init = functools.partial(step.create_train_state, self.model, self.tx, image_size=image_size)
       self.state = jax.jit(init)(jax.random.key(0), class_embeddings=self.embeddings)
     else:
       params = variables["params"]
-      self.state = train.TrainState(
+      self.state = step.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         frozen=variables.get(FROZEN_COLLECTION, {}),
@@ -183,7 +212,7 @@ class Bench:
     k = self.config.train.accumulation_steps
     loss = jax.jit(
       functools.partial(
-        train.loss_fn,
+        step.loss_fn,
         model=self.model,
         config=self.config,
         class_embeddings=jnp.asarray(self.embeddings),
@@ -198,25 +227,25 @@ class Bench:
       )
     )
 
-  def train_step(self):
-    """(jitted step, its compiled executable, the arguments, compile seconds)."""
-    step_fn = jax.jit(
-      functools.partial(
-        train.train_step,
-        model=self.model,
-        tx=self.tx,
-        config=self.config,
-        train_classes=self.train_classes,
-      ),
-      donate_argnums=(0,),
+  def _step_fn(self, model, config):
+    return functools.partial(
+      step.train_step, model=model, tx=self.tx, config=config, train_classes=self.train_classes
     )
+
+  def train_step(self):
+    """(compiled step, its arguments after the state, compile seconds, model FLOPs per step)."""
+
     batch_sharding = NamedSharding(self.mesh, P("data"))
-    batch = train.make_global_batch(self.batch, batch_sharding)
+    batch = step.make_global_batch(self.batch, batch_sharding)
     rng = jax.random.key(1)
-    start = time.perf_counter()
+    args = (self.state, batch, self.embeddings, rng)
+    flops = model_flops(self._step_fn(self.counting_model, self.counting_config), *args)
     with jax.set_mesh(self.mesh):
-      compiled = step_fn.lower(self.state, batch, self.embeddings, rng).compile()
-    return compiled, (batch, self.embeddings, rng), time.perf_counter() - start
+      start = time.perf_counter()
+      compiled = (
+        jax.jit(self._step_fn(self.model, self.config), donate_argnums=(0,)).lower(*args).compile()
+      )
+    return compiled, args[1:], time.perf_counter() - start, flops
 
 
 def time_training(
@@ -228,7 +257,7 @@ def time_training(
   profile_dir: str = "",
 ) -> tuple[dict, list[float]]:
   """Times the jitted train step; returns its figures and the loss of every call."""
-  compiled, (batch, emb, rng), compile_s = bench.train_step()
+  compiled, (batch, emb, rng), compile_s, flops = bench.train_step()
   losses = []
 
   def call():
@@ -242,12 +271,11 @@ def time_training(
     with open(hlo_file, "w") as f:
       f.write(compiled.as_text())
   if profile_dir:
-    with jax.set_mesh(bench.mesh), jax.profiler.trace(profile_dir):
+    # The Perfetto JSON (plugins/profile/*/perfetto_trace.json.gz) opens without TensorBoard.
+    with jax.set_mesh(bench.mesh), jax.profiler.trace(profile_dir, create_perfetto_trace=True):
       for _ in range(3):
         jax.block_until_ready(call())
-  figures = summarize(
-    "train", seconds, compile_s, compiled_flops(compiled), bench.config.train.batch_size, peak
-  )
+  figures = summarize("train", seconds, compile_s, flops, bench.config.train.batch_size, peak)
   return figures, [float(x) for x in losses]
 
 
@@ -260,27 +288,28 @@ def time_evaluation(
   scales = tuple(config.model.msc_scales)
   variables = {"params": bench.state.params, "batch_stats": bench.state.frozen}
 
-  def forward(variables, images, embeddings):
-    logits_fn = lambda x: train.logits_for_classes(
-      bench.model, variables, x, embeddings, candidates
-    )
+  def forward(model, variables, images, embeddings):
+    logits_fn = lambda x: step.logits_for_classes(model, variables, x, embeddings, candidates)
     fused = msc.multi_scale_logits(logits_fn, images, scales)[-1]
     return jnp.argmax(msc.resize_logits(fused, *images.shape[1:3]), axis=-1)
 
   batch = config.eval.batch_size
   images = random_inputs(config, eval_size, 2, batch)["image"]
   images = jax.device_put(images, NamedSharding(bench.mesh, P("data")))
-  start = time.perf_counter()
+  args = (variables, images, bench.embeddings)
+  flops = model_flops(functools.partial(forward, bench.counting_model), *args)
   with jax.set_mesh(bench.mesh):
-    compiled = jax.jit(forward).lower(variables, images, bench.embeddings).compile()
-  compile_s = time.perf_counter() - start
-  with jax.set_mesh(bench.mesh):
-    seconds = time_calls(lambda: compiled(variables, images, bench.embeddings), warmup, steps)
-  return summarize("eval", seconds, compile_s, compiled_flops(compiled), batch, peak)
+    start = time.perf_counter()
+    compiled = jax.jit(functools.partial(forward, bench.model)).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    seconds = time_calls(lambda: compiled(*args), warmup, steps)
+  return summarize("eval", seconds, compile_s, flops, batch, peak)
 
 
 def time_input(config) -> dict:
   """images/s of the tf.data training stream (input_benchmark), as a row of the table."""
+  from spnet_jax import input_benchmark  # TensorFlow only for this part.
+
   figures = input_benchmark.measure(config, FLAGS.fake_images, batches=20, warmup=3)
   return {
     "part": "input",
@@ -301,7 +330,7 @@ def torch_side_by_side(bench: Bench, jax_losses: list[float], warmup: int, steps
     bench.embeddings,
     warmup=warmup,
     steps=steps,
-    threads=input_benchmark.usable_cores(),
+    threads=host.usable_cores(),
   )
   figures["jax_first_loss"] = jax_losses[0] if jax_losses else None
   return figures
@@ -337,7 +366,7 @@ def environment() -> dict:
     "device_kind": device.device_kind,
     "platform": device.platform,
     "devices": jax.device_count(),
-    "cores": input_benchmark.usable_cores(),
+    "cores": host.usable_cores(),
     "python": sys.version.split()[0],
     "jax": jax.__version__,
     "flax": flax.__version__,
@@ -361,12 +390,14 @@ def main(argv):
     env["matmul_tflops"] = matmul_tflops(config.model.dtype)
     if peak is None:
       peak = env["matmul_tflops"]
-      peak_source = f"measured 4096^2 {config.model.dtype} matmul: {peak:.3f} TFLOP/s"
+      peak_source = f"measured {config.model.dtype} matmul: {peak:.3f} TFLOP/s"
   print(
     f"{env['device_kind']} x{env['devices']} ({env['cores']} cores), jax {env['jax']}; "
     f"{config.model.backbone}, dtype {config.model.dtype}, batch {config.train.batch_size} "
     f"(x{config.train.accumulation_steps} accumulation) at {image_size}px, MSC "
-    f"{tuple(config.model.msc_scales)}; peak: {peak_source}",
+    f"{tuple(config.model.msc_scales)}, dilated convs "
+    f"{'as phases' if uses_space_to_batch(config.model.atrous_conv) else 'native'}; "
+    f"peak: {peak_source}",
     flush=True,
   )
   rows, result = [], {"environment": env, "peak_tflops": peak, "peak_source": peak_source}

@@ -7,7 +7,7 @@ import ml_collections
 
 from spnet_jax import losses, optimizer
 from spnet_jax.data import pipeline
-from spnet_jax.models import BACKBONES, CLASSIFIERS, DTYPES, EMBEDDING_HEADS
+from spnet_jax.models import ATROUS_CONVS, BACKBONES, CLASSIFIERS, DTYPES, EMBEDDING_HEADS
 
 _CHOICES = {
   "mode": ("train_and_evaluate", "evaluate"),
@@ -16,11 +16,14 @@ _CHOICES = {
   "model.classifier": CLASSIFIERS,
   "model.embedding_head": EMBEDDING_HEADS,
   "model.dtype": tuple(DTYPES),
+  "model.atrous_conv": ATROUS_CONVS,
   "loss.name": losses.LOSSES,
   "loss.label_resolution": losses.LABEL_RESOLUTIONS,
   "optimizer.name": optimizer.OPTIMIZERS,
   "optimizer.schedule": optimizer.SCHEDULES,
 }
+# Fields newer than some saved run configs (workdir/config.json); absent means the default.
+_ADDED_LATER = ("model.atrous_conv",)
 _POSITIVE = (
   "train.batch_size",
   "train.num_steps",
@@ -48,6 +51,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"Invalid config.{field}={_get(config, field)!r}: {why}")
 
   for field, choices in _CHOICES.items():
+    if field in _ADDED_LATER and field.split(".")[-1] not in _get(config, field.rsplit(".", 1)[0]):
+      continue  # A run config written before the field existed: its default applies.
     if _get(config, field) not in choices:
       fail(field, f"must be one of {list(choices)}.")
   for field in _POSITIVE:

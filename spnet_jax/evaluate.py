@@ -111,7 +111,7 @@ def eval_logits(
   msc_scales: tuple[float, ...],
 ) -> jax.Array:
   """Fused multi-scale logits of the `candidates` classes at the labels' size [B, h, w, K]."""
-  from spnet_jax.train import logits_for_classes  # Avoids an import cycle.
+  from spnet_jax.step import logits_for_classes  # Avoids an import cycle.
 
   images, labels = batch["image"], batch["label"]
   class_ids = jnp.asarray(candidates)

@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from spnet_jax import calibration, checkpoint, embeddings, evaluate, metrics, pretrained, train
 from spnet_jax import config_validation as validation
 from spnet_jax import optimizer as optim
+from spnet_jax import step as step_lib
 from spnet_jax.data import datasets, fewshot, splits
 from spnet_jax.models import SegmentationNet, create_model
 
@@ -56,7 +57,7 @@ def create_setup(config: ml_collections.ConfigDict) -> RunSetup:
   builder = datasets.get_builder(config)
   split = run_split(config)
   class_embeddings = embeddings.load_class_embeddings(config, split)
-  mesh = train.create_mesh()
+  mesh = step_lib.create_mesh()
   model = create_model(config.model, class_embeddings.shape[1], split.num_classes)
   tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
   pool = create_pool(config, builder, split) if config.fewshot.n else None
@@ -99,7 +100,7 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   """
   config, mesh = setup.config, setup.mesh
   replicated = NamedSharding(mesh, P())
-  init = lambda rng: train.create_train_state(
+  init = lambda rng: step_lib.create_train_state(
     setup.model, setup.tx, rng, config.data.init_image_size, jnp.asarray(setup.class_embeddings)
   )
   rng = jax.random.key(config.seed)

@@ -15,6 +15,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from spnet_jax import host
 from spnet_jax.data import datasets, pipeline, splits
 
 FLAGS = flags.FLAGS
@@ -27,11 +28,6 @@ def _define_flags() -> None:
   flags.DEFINE_integer("warmup_batches", 5, "Batches read before timing.")
   flags.DEFINE_integer("fake_images", 0, "Generate this many fake 640x480 images first (0: off).")
   flags.mark_flags_as_required(["config"])
-
-
-def usable_cores() -> int:
-  """CPU cores this process may run on (what tf.data's thread pool can use)."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def time_pipeline(config, builder, batches: int, warmup: int) -> dict:
@@ -47,7 +43,7 @@ def time_pipeline(config, builder, batches: int, warmup: int) -> dict:
     batch = next(iterator)
   seconds = time.perf_counter() - start
   images = batches * config.train.batch_size
-  cores = usable_cores()
+  cores = host.usable_cores()
   return {
     "images_per_sec": images / seconds,
     "images_per_sec_per_core": images / seconds / cores,

@@ -27,8 +27,9 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from PIL import Image, UnidentifiedImageError
 
-from spnet_jax import checkpoint, embeddings, experiment, train, visualize, word_vectors
+from spnet_jax import checkpoint, embeddings, experiment, visualize, word_vectors
 from spnet_jax import optimizer as optim
+from spnet_jax import step as step_lib
 from spnet_jax.data import pipeline, splits
 from spnet_jax.models import create_model, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
@@ -186,7 +187,7 @@ class Predictor:
     config = self.config
     tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
     init = functools.partial(
-      train.create_train_state,
+      step_lib.create_train_state,
       self.model,
       tx,
       image_size=config.data.init_image_size,

@@ -1,5 +1,6 @@
 """The benchmark command's pieces: timing, FLOPs, MFU, and the PyTorch side on the same network."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -32,6 +33,35 @@ def test_summary_figures_by_hand():
   assert figures["achieved_tflops"] == pytest.approx(20.0)
   assert figures["mfu"] == pytest.approx(2.0)
   assert benchmark.summarize("eval", [1.0], 1.0, 1e9, 1, peak=None)["mfu"] is None
+
+
+def test_model_flops_by_hand():
+  a, b = np.ones((64, 128), np.float32), np.ones((128, 32), np.float32)
+  assert benchmark.model_flops(lambda x, y: x @ y, a, b) == 2 * 64 * 128 * 32
+  images, kernel = np.ones((2, 10, 10, 3), np.float32), np.ones((3, 3, 3, 4), np.float32)
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  assert benchmark.model_flops(conv, images, kernel) == 2 * (2 * 8 * 8 * 4) * (3 * 3 * 3)
+
+
+def test_model_flops_count_native_dilated_convs_whatever_the_config_runs():
+  counts = []
+  for atrous_conv in ("dilated", "space_to_batch"):
+    config = shapes_zlss.get_config()
+    config.model.width, config.model.dilations = 8, (1, 2)
+    config.model.atrous_conv = atrous_conv
+    bench = benchmark.Bench(config, image_size=32, embedding_dim=8)
+    compiled, _, _, flops = bench.train_step()
+    counts.append(flops)
+    if atrous_conv == "dilated":  # On a CPU the executable counts about the same (fusions).
+      assert flops == pytest.approx(benchmark.xla_flops(compiled), rel=0.02)
+  assert counts[0] == counts[1]
+  config.train.batch_size, config.train.accumulation_steps = 4, 2
+  two_micro_batches = benchmark.Bench(config, image_size=32, embedding_dim=8).train_step()[3]
+  config.train.accumulation_steps = 1
+  one_batch = benchmark.Bench(config, image_size=32, embedding_dim=8).train_step()[3]
+  assert two_micro_batches == one_batch  # Not halved by XLA counting the scan body once.
 
 
 def test_train_and_eval_parts_time_the_configs_step():

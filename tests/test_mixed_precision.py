@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import shapes_zlss
-from spnet_jax import embeddings, optimizer, train
+from spnet_jax import embeddings, optimizer, step
 from spnet_jax.data import shapes, splits
 from spnet_jax.models import create_model
 
@@ -38,10 +38,10 @@ def test_bfloat16_losses_match_float32_within_tolerance():
   for dtype in ("float32", "bfloat16"):
     config.model.dtype = dtype
     model = create_model(config.model, class_embeddings.shape[1], split.num_classes)
-    state = train.create_train_state(model, tx, jax.random.key(0), 64, class_embeddings)
+    state = step.create_train_state(model, tx, jax.random.key(0), 64, class_embeddings)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
-    step = jax.jit(
-      lambda s, b, m=model: train.train_step(
+    jitted_step = jax.jit(
+      lambda s, b, m=model: step.train_step(
         s,
         b,
         class_embeddings,
@@ -54,7 +54,7 @@ def test_bfloat16_losses_match_float32_within_tolerance():
     )
     history = []
     for _ in range(5):
-      state, metrics = step(state, batch)
+      state, metrics = jitted_step(state, batch)
       history.append(float(metrics["loss"]))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state) if x.ndim)

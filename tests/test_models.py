@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_zlss
-from spnet_jax import optimizer, train
+from spnet_jax import optimizer, step
 from spnet_jax.models import create_model, heads, tiny
 
 
@@ -57,13 +57,13 @@ def test_embeddings_get_no_update_from_a_training_step():
   embeddings = jax.random.normal(jax.random.key(1), (17, 9))
   embeddings = embeddings / jnp.linalg.norm(embeddings, axis=1, keepdims=True)
   before = np.asarray(embeddings).copy()
-  state = train.create_train_state(model, tx, jax.random.key(0), 32, embeddings)
+  state = step.create_train_state(model, tx, jax.random.key(0), 32, embeddings)
   batch = {
     "image": jax.random.normal(jax.random.key(3), (2, 32, 32, 3)),
     "label": jax.random.randint(jax.random.key(4), (2, 32, 32), 0, 13),
   }
   train_classes = np.arange(13)
-  new_state, metrics = train.train_step(
+  new_state, metrics = step.train_step(
     state,
     batch,
     embeddings,

@@ -10,7 +10,7 @@ _SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from configs import shapes_zlss
-from spnet_jax import optimizer, train
+from spnet_jax import optimizer, step
 from spnet_jax.models import create_model
 
 assert jax.device_count() == 4, jax.devices()
@@ -29,14 +29,18 @@ batch["label"][:, :4] = 255
 def run(devices, accumulation):
   config.train.accumulation_steps = accumulation
   mesh = Mesh(np.array(devices), ("data",))
-  state = train.create_train_state(model, tx, jax.random.key(0), 32, embeddings)
+  state = step.create_train_state(model, tx, jax.random.key(0), 32, embeddings)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   sharded = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in batch.items()}
-  step = jax.jit(lambda s, b: train.train_step(s, b, embeddings, jax.random.key(5), model=model,
-                 tx=tx, config=config, train_classes=np.arange(13)))
+  jitted_step = jax.jit(
+    lambda s, b: step.train_step(
+      s, b, embeddings, jax.random.key(5), model=model, tx=tx, config=config,
+      train_classes=np.arange(13),
+    )
+  )
   losses = []
   for _ in range(3):
-    state, metrics = step(state, sharded)
+    state, metrics = jitted_step(state, sharded)
     losses.append(float(metrics["loss"]))
   assert len(sharded["image"].sharding.device_set) == len(devices)
   return np.array(losses), state

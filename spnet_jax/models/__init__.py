@@ -11,6 +11,8 @@ BACKBONES = ("resnet101", "vgg16", "tiny")
 EMBEDDING_HEADS = ("aspp", "aspp_l", "conv1x1")
 CLASSIFIERS = ("projection", "learned", "deeplab")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# How dilated convs run: natively, or as dense convs over phases (faster gradients on GPUs).
+ATROUS_CONVS = ("auto", "dilated", "space_to_batch")
 
 
 class SegmentationNet(nn.Module):
@@ -51,6 +53,20 @@ class Conv1x1Head(nn.Module):
     return layers.CaffeConv(self.features, 1, use_bias=True, dtype=self.dtype, name="c0")(x)
 
 
+def uses_space_to_batch(atrous_conv: str, platform: str | None = None) -> bool:
+  """Whether config.model.atrous_conv computes dilated convs over phases on `platform`.
+
+  'auto' picks phases on GPUs only: there cuDNN's dilated-conv gradients are several times
+  slower than dense ones, while on CPUs the extra transposes cost more than they save. Both
+  give the same numbers (tests/test_models.py).
+  """
+  if atrous_conv not in ATROUS_CONVS:
+    raise ValueError(f"Unknown config.model.atrous_conv {atrous_conv!r}; valid: {ATROUS_CONVS}.")
+  if atrous_conv == "auto":
+    return (platform or jax.default_backend()) == "gpu"
+  return atrous_conv == "space_to_batch"
+
+
 def create_model(
   model_config: ml_collections.ConfigDict, embedding_dim: int, num_classes: int
 ) -> SegmentationNet:
@@ -67,16 +83,20 @@ def create_model(
   if model_config.dtype not in DTYPES:
     raise ValueError(f"Unknown config.model.dtype {model_config.dtype!r}; valid: {list(DTYPES)}.")
   dtype = DTYPES[model_config.dtype]
+  s2b = uses_space_to_batch(model_config.get("atrous_conv", "auto"))
   name = model_config.backbone
   if name == "resnet101":
     backbone = resnet.DeepLabResNet(
-      stride_in_3x3=model_config.get("stride_in_3x3", False), dtype=dtype
+      stride_in_3x3=model_config.get("stride_in_3x3", False), dtype=dtype, space_to_batch=s2b
     )
   elif name == "vgg16":
-    backbone = vgg.DeepLabVGG16(dtype=dtype)
+    backbone = vgg.DeepLabVGG16(dtype=dtype, space_to_batch=s2b)
   elif name == "tiny":
     backbone = tiny.TinyDilatedNet(
-      width=model_config.width, dilations=tuple(model_config.dilations), dtype=dtype
+      width=model_config.width,
+      dilations=tuple(model_config.dilations),
+      dtype=dtype,
+      space_to_batch=s2b,
     )
   else:
     raise ValueError(f"Unknown config.model.backbone {name!r}; valid: {BACKBONES}.")
@@ -96,9 +116,9 @@ def create_model(
   kind = model_config.embedding_head
   rates = tuple(model_config.aspp_rates)
   if kind == "aspp":
-    head = aspp.ASPP(head_width, rates=rates, dtype=dtype)
+    head = aspp.ASPP(head_width, rates=rates, dtype=dtype, space_to_batch=s2b)
   elif kind == "aspp_l":
-    head = aspp.ASPPL(head_width, rates=rates, dtype=dtype)
+    head = aspp.ASPPL(head_width, rates=rates, dtype=dtype, space_to_batch=s2b)
   elif kind == "conv1x1":
     head = Conv1x1Head(head_width, dtype=dtype)
   else:

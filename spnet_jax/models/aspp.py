@@ -21,11 +21,13 @@ class ASPP(nn.Module):
     features: output channels of every branch.
     rates: dilation (and padding) of each branch.
     dtype: compute dtype; parameters stay float32.
+    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
   """
 
   features: int
   rates: Sequence[int] = (6, 12, 18, 24)
   dtype: jnp.dtype | None = None
+  space_to_batch: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -40,6 +42,7 @@ class ASPP(nn.Module):
         kernel_init=_HEAD_INIT,
         bias_init=nn.initializers.zeros,
         dtype=self.dtype,
+        space_to_batch=self.space_to_batch,
         name=f"c{i}",
       )(x)
       out = y if out is None else out + y
@@ -58,19 +61,28 @@ class ASPPL(nn.Module):
     rates: dilation (and padding) of each branch's fc6.
     hidden: channels of fc6 and fc7.
     dtype: compute dtype; parameters stay float32.
+    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
   """
 
   features: int
   rates: Sequence[int] = (6, 12, 18, 24)
   hidden: int = 1024
   dtype: jnp.dtype | None = None
+  space_to_batch: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies every branch to `x` ([B, h, w, C]) and returns the [B, h, w, features] sum."""
     out = None
     for i, rate in enumerate(self.rates):
-      y = _ASPPLBranch(self.features, rate, self.hidden, dtype=self.dtype, name=f"c{i}")(x)
+      y = _ASPPLBranch(
+        self.features,
+        rate,
+        self.hidden,
+        dtype=self.dtype,
+        space_to_batch=self.space_to_batch,
+        name=f"c{i}",
+      )(x)
       out = y if out is None else out + y
     if out is None:
       raise ValueError("ASPPL needs at least one rate.")
@@ -84,12 +96,19 @@ class _ASPPLBranch(nn.Module):
   rate: int
   hidden: int
   dtype: jnp.dtype | None = None
+  space_to_batch: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = CaffeConv(self.hidden, 3, dilation=self.rate, use_bias=True, dtype=self.dtype, name="fc6")(
-      x
-    )
+    x = CaffeConv(
+      self.hidden,
+      3,
+      dilation=self.rate,
+      use_bias=True,
+      dtype=self.dtype,
+      space_to_batch=self.space_to_batch,
+      name="fc6",
+    )(x)
     x = nn.relu(x)
     x = CaffeConv(self.hidden, 1, use_bias=True, dtype=self.dtype, name="fc7")(x)
     x = nn.relu(x)

@@ -42,7 +42,13 @@ def same_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int], 
 
 
 class CaffeConv(nn.Module):
-  """Conv2D with explicit symmetric padding, as in caffe/PyTorch (not XLA 'SAME')."""
+  """Conv2D with explicit symmetric padding, as in caffe/PyTorch (not XLA 'SAME').
+
+  Attributes:
+    space_to_batch: compute a dilated stride-1 conv as a dense conv over the dilation**2
+      phases of the input (`atrous_by_space_to_batch`); same parameters, same result. cuDNN's
+      dilated-conv gradients are several times slower than dense ones on GPUs.
+  """
 
   features: int
   kernel_size: int
@@ -52,22 +58,49 @@ class CaffeConv(nn.Module):
   kernel_init: nn.initializers.Initializer = nn.initializers.he_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros
   dtype: jnp.dtype | None = None
+  space_to_batch: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.Conv(
+    by_phases = self.space_to_batch and self.dilation > 1 and self.stride == 1
+    conv = nn.Conv(
       self.features,
       (self.kernel_size, self.kernel_size),
       strides=(self.stride, self.stride),
-      padding=same_padding(self.kernel_size, self.dilation),
-      kernel_dilation=(self.dilation, self.dilation),
+      padding="VALID" if by_phases else same_padding(self.kernel_size, self.dilation),
+      kernel_dilation=(1, 1) if by_phases else (self.dilation, self.dilation),
       use_bias=self.use_bias,
       kernel_init=self.kernel_init,
       bias_init=self.bias_init,
       dtype=self.dtype,
       param_dtype=jnp.float32,
       name="conv",
-    )(x)
+    )
+    if by_phases:
+      return atrous_by_space_to_batch(conv, x, self.kernel_size, self.dilation)
+    return conv(x)
+
+
+def atrous_by_space_to_batch(conv, x: jax.Array, kernel_size: int, rate: int) -> jax.Array:
+  """A 'same'-padded conv of dilation `rate`, computed by the undilated VALID `conv`.
+
+  Output pixel (y, x) reads input pixels (y + i * rate, x + j * rate) of the padded input, all
+  in phase (y mod rate, x mod rate). Splitting the padded input into its rate**2 phase images
+  (stacked on the batch axis) turns the dilated conv into a dense one; the outputs are
+  interleaved back and cropped to the input size.
+  """
+  batch, height, width, channels = x.shape
+  pad = rate * (kernel_size - 1) // 2
+  # Pad to the "same" padding, then up to a multiple of the rate.
+  padded_h = -(-(height + 2 * pad) // rate) * rate
+  padded_w = -(-(width + 2 * pad) // rate) * rate
+  x = jnp.pad(x, ((0, 0), (pad, padded_h - height - pad), (pad, padded_w - width - pad), (0, 0)))
+  x = x.reshape(batch, padded_h // rate, rate, padded_w // rate, rate, channels)
+  x = x.transpose(2, 4, 0, 1, 3, 5).reshape(rate * rate * batch, padded_h // rate, -1, channels)
+  y = conv(x)
+  out_h, out_w, features = y.shape[1:]
+  y = y.reshape(rate, rate, batch, out_h, out_w, features).transpose(2, 3, 0, 4, 1, 5)
+  return y.reshape(batch, out_h * rate, out_w * rate, features)[:, :height, :width]
 
 
 def max_pool_ceil(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:

@@ -14,12 +14,19 @@ class ResidualBlock(nn.Module):
 
   dilation: int
   dtype: jnp.dtype | None = None
+  space_to_batch: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
     y = layers.CaffeConv(
-      width, 3, dilation=self.dilation, use_bias=True, dtype=self.dtype, name="conv1"
+      width,
+      3,
+      dilation=self.dilation,
+      use_bias=True,
+      dtype=self.dtype,
+      space_to_batch=self.space_to_batch,
+      name="conv1",
     )(nn.relu(x))
     # Zero-initialised last conv: with no normalisation layers, identity blocks keep the deep
     # stack trainable at a high learning rate from the first step.
@@ -29,6 +36,7 @@ class ResidualBlock(nn.Module):
       dilation=self.dilation,
       use_bias=True,
       dtype=self.dtype,
+      space_to_batch=self.space_to_batch,
       kernel_init=nn.initializers.zeros,
       name="conv2",
     )(nn.relu(y))
@@ -45,6 +53,7 @@ class TinyDilatedNet(nn.Module):
   width: int = 48
   dilations: Sequence[int] = (1, 2, 4, 8)
   dtype: jnp.dtype | None = None
+  space_to_batch: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -55,5 +64,7 @@ class TinyDilatedNet(nn.Module):
       nn.relu(x)
     )
     for i, dilation in enumerate(self.dilations):
-      x = ResidualBlock(dilation, dtype=self.dtype, name=f"block{i + 1}")(x)
+      x = ResidualBlock(
+        dilation, dtype=self.dtype, space_to_batch=self.space_to_batch, name=f"block{i + 1}"
+      )(x)
     return nn.relu(x)

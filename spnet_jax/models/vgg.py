@@ -23,9 +23,11 @@ class DeepLabVGG16(nn.Module):
 
   Attributes:
     dtype: compute dtype for mixed precision; parameters stay float32.
+    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
   """
 
   dtype: jnp.dtype | None = None
+  space_to_batch: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -45,6 +47,7 @@ class DeepLabVGG16(nn.Module):
           dilation=dilation,
           use_bias=True,
           dtype=self.dtype,
+          space_to_batch=self.space_to_batch,
           name=f"conv{block}_{i}",
         )(x)
         x = nn.relu(x)

@@ -1,0 +1,93 @@
+"""Dilated convs computed over phases (space-to-batch) equal the native dilated conv."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spnet_jax.models import create_model, layers, uses_space_to_batch
+from tests.test_models import _model_config
+
+
+def _numpy_dilated_conv(x, kernel, rate):
+  """Direct loops: out[b, y, x] = sum_ij pad(x)[b, y + i*rate, x + j*rate] @ kernel[i, j]."""
+  k = kernel.shape[0]
+  pad = rate * (k - 1) // 2
+  padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  height, width = x.shape[1:3]
+  out = np.zeros((x.shape[0], height, width, kernel.shape[-1]))
+  for i in range(k):
+    for j in range(k):
+      window = padded[:, i * rate : i * rate + height, j * rate : j * rate + width]
+      out += window @ kernel[i, j]
+  return out
+
+
+@pytest.mark.parametrize(
+  ("height", "width", "rate", "kernel_size"),
+  [
+    (9, 9, 2, 3),
+    (11, 7, 3, 3),  # Non-square, sizes not multiples of the rate.
+    (6, 6, 4, 3),
+    (5, 8, 12, 3),  # Rate beyond the image: off-centre taps read only padding.
+    (10, 10, 2, 5),
+  ],
+)
+def test_space_to_batch_equals_numpy_dilated_conv(height, width, rate, kernel_size):
+  rng = np.random.default_rng(rate + height)
+  x = rng.standard_normal((2, height, width, 3))
+  kernel = rng.standard_normal((kernel_size, kernel_size, 3, 4))
+  conv = nn.Conv(4, (kernel_size, kernel_size), padding="VALID", use_bias=False)
+  apply = lambda inputs: conv.apply({"params": {"kernel": jnp.asarray(kernel)}}, inputs)
+  ours = layers.atrous_by_space_to_batch(apply, jnp.asarray(x), kernel_size, rate)
+  np.testing.assert_allclose(ours, _numpy_dilated_conv(x, kernel, rate), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_caffe_conv_same_parameters_and_gradients_either_way(stride):
+  x = jax.random.normal(jax.random.key(0), (2, 13, 10, 5))
+  dilated = layers.CaffeConv(6, 3, stride=stride, dilation=3, use_bias=True)
+  phases = layers.CaffeConv(6, 3, stride=stride, dilation=3, use_bias=True, space_to_batch=True)
+  variables = dilated.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, phases.init(jax.random.key(1), x)) == jax.tree.map(
+    jnp.shape, variables
+  )
+  variables = jax.tree.map(lambda v: v + 0.1, variables)  # A non-zero bias.
+
+  def loss(module, variables, x):
+    return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+  want = jax.grad(loss, argnums=(1, 2))(dilated, variables, x)
+  got = jax.grad(loss, argnums=(1, 2))(phases, variables, x)
+  np.testing.assert_allclose(
+    dilated.apply(variables, x), phases.apply(variables, x), rtol=1e-5, atol=1e-5
+  )
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_whole_model_gives_the_same_logits_either_way():
+  images = jax.random.normal(jax.random.key(0), (2, 40, 40, 3))
+  embeddings = jax.random.normal(jax.random.key(1), (7, 9))
+  dilated = create_model(_model_config(atrous_conv="dilated"), embedding_dim=9, num_classes=7)
+  phases = create_model(_model_config(atrous_conv="space_to_batch"), embedding_dim=9, num_classes=7)
+  variables = dilated.init(jax.random.key(2), images, embeddings)
+  # Non-zero last convs, so every dilated conv of the tiny backbone shapes the output.
+  variables = jax.tree.map(lambda v: v + 0.01, variables)
+  np.testing.assert_allclose(
+    dilated.apply(variables, images, embeddings),
+    phases.apply(variables, images, embeddings),
+    rtol=1e-4,
+    atol=1e-4,
+  )
+
+
+def test_auto_uses_phases_on_gpus_only():
+  assert uses_space_to_batch("auto", platform="gpu")
+  assert not uses_space_to_batch("auto", platform="cpu")
+  assert not uses_space_to_batch("auto", platform="tpu")
+  assert uses_space_to_batch("space_to_batch", platform="cpu")
+  assert not uses_space_to_batch("dilated", platform="gpu")
+  with pytest.raises(ValueError, match=r"config\.model\.atrous_conv 'fast'"):
+    uses_space_to_batch("fast")
