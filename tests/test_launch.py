@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_SCRIPT = os.path.join(ROOT, "launch", "tpu_pod.sh")
 SLURM_SCRIPT = os.path.join(ROOT, "launch", "slurm_gpu.sbatch")
 SCRIPTS = [TPU_SCRIPT, SLURM_SCRIPT]
+GPU_BENCHMARK = os.path.join(ROOT, "launch", "gpu_benchmark.sh")
 END_OF_SETTINGS = "# ---- End of settings"
 
 # Variables a script may read without assigning them: set by the shell, the OS or Slurm.
@@ -79,13 +80,13 @@ def _settings_section(text: str) -> str:
   return header_and_settings.split("\n", 1)[1]
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
+@pytest.mark.parametrize("script", [*SCRIPTS, GPU_BENCHMARK], ids=os.path.basename)
 def test_bash_syntax(script):
   result = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
+@pytest.mark.parametrize("script", [*SCRIPTS, GPU_BENCHMARK], ids=os.path.basename)
 def test_shellcheck(script):
   shellcheck = _shellcheck()
   if shellcheck is None:
