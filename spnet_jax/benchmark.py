@@ -232,20 +232,22 @@ class Bench:
       step.train_step, model=model, tx=self.tx, config=config, train_classes=self.train_classes
     )
 
-  def train_step(self):
-    """(compiled step, its arguments after the state, compile seconds, model FLOPs per step)."""
+  def _step_args(self):
+    batch = step.make_global_batch(self.batch, NamedSharding(self.mesh, P("data")))
+    return self.state, batch, self.embeddings, jax.random.key(1)
 
-    batch_sharding = NamedSharding(self.mesh, P("data"))
-    batch = step.make_global_batch(self.batch, batch_sharding)
-    rng = jax.random.key(1)
-    args = (self.state, batch, self.embeddings, rng)
-    flops = model_flops(self._step_fn(self.counting_model, self.counting_config), *args)
+  def step_flops(self) -> float:
+    """Model FLOPs of one training step per device (no compilation)."""
+    return model_flops(self._step_fn(self.counting_model, self.counting_config), *self._step_args())
+
+  def train_step(self):
+    """(compiled step, its arguments after the state, compile seconds)."""
+    args = self._step_args()
+    step_fn = jax.jit(self._step_fn(self.model, self.config), donate_argnums=(0,))
     with jax.set_mesh(self.mesh):
       start = time.perf_counter()
-      compiled = (
-        jax.jit(self._step_fn(self.model, self.config), donate_argnums=(0,)).lower(*args).compile()
-      )
-    return compiled, args[1:], time.perf_counter() - start, flops
+      compiled = step_fn.lower(*args).compile()
+    return compiled, args[1:], time.perf_counter() - start
 
 
 def time_training(
@@ -257,7 +259,8 @@ def time_training(
   profile_dir: str = "",
 ) -> tuple[dict, list[float]]:
   """Times the jitted train step; returns its figures and the loss of every call."""
-  compiled, (batch, emb, rng), compile_s, flops = bench.train_step()
+  flops = bench.step_flops()
+  compiled, (batch, emb, rng), compile_s = bench.train_step()
   losses = []
 
   def call():

@@ -12,6 +12,13 @@ if ROOT not in sys.path:
 
 SHARED = os.path.join(ROOT, "..", "shared")
 
+# Many tests (and the entry points they start as subprocesses, which inherit this) compile the
+# same small programs: a persistent XLA cache shared by all of them halves the end-to-end tests.
+# Set here, before anything imports jax, which reads these variables once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 @pytest.fixture(scope="session")
 def shapes_data_dir(tmp_path_factory) -> str:
