@@ -49,14 +49,17 @@ def compile_and_describe(step_fn, *args):
   compiled = step_fn.lower(*args).compile()
   cost = compiled.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, list) else cost
+  flops = f"{cost.get('flops', float('nan')) / 1e9:.3g} GFLOP per step"
+  if jax.default_backend() == "gpu":  # cuDNN convolutions are custom calls XLA does not count.
+    flops = "FLOPs: see python -m spnet_jax.benchmark (XLA's GPU count omits convolutions)"
   memory = compiled.memory_analysis()
   mib = lambda n: f"{n / 2**20:,.1f} MiB"
   if memory is not None:
     logging.info(
-      "Compiled the training step in %.1f s: %.3g GFLOP per step; per device: arguments %s, "
+      "Compiled the training step in %.1f s: %s; per device: arguments %s, "
       "outputs %s, temporaries %s, code %s.",
       time.time() - start,
-      cost.get("flops", float("nan")) / 1e9,
+      flops,
       mib(memory.argument_size_in_bytes),
       mib(memory.output_size_in_bytes),
       mib(memory.temp_size_in_bytes),
