@@ -104,6 +104,66 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss; the run stops without saving that state."""
 
 
+class TrainLog:
+  """Keeps per-step metrics on device and fetches them only at logging intervals.
+
+  At each interval (config.train.log_every_steps or log_every_secs, and the last step) it
+  checks every pending loss for NaN/inf, logs a progress line and writes the scalars.
+  """
+
+  def __init__(self, config, writer, schedule, start_step: int, manager, workdir: str):
+    self.cfg, self.num_steps = config.train, config.train.num_steps
+    self.writer, self.schedule = writer, schedule
+    self.manager, self.workdir = manager, workdir
+    self.pending: list[dict[str, jax.Array]] = []
+    self.last_time, self.last_step = time.time(), start_step
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self.pending.append(metrics)
+    now = time.time()
+    due = (
+      step % self.cfg.log_every_steps == 0
+      or now - self.last_time >= self.cfg.log_every_secs
+      or step == self.num_steps
+    )
+    if due:
+      self._write(step, now)
+
+  def _write(self, step: int, now: float) -> None:
+    losses = np.asarray(jax.device_get([m["loss"] for m in self.pending]))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      bad_step = step - len(self.pending) + 1 + int(bad[0])
+      raise NonFiniteLossError(
+        f"Non-finite loss {losses[bad[0]]} at step {bad_step}; stopping. The last "
+        f"good checkpoint is step {self.manager.latest_step()} in {self.workdir}/checkpoints "
+        "(lower config.optimizer.base_lr or check the input data)."
+      )
+    rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    eta = (self.num_steps - step) / max(rate, 1e-9)
+    lr = float(self.schedule(step - 1))
+    logging.info(
+      "step %d/%d  loss %.4f  %.2f steps/s  lr %.3g  ETA %s",
+      step,
+      self.num_steps,
+      losses.mean(),
+      rate,
+      lr,
+      _format_seconds(eta),
+    )
+    self.writer.write_scalars(
+      step,
+      {
+        "train_loss": float(losses.mean()),
+        "train_grad_norm": float(self.pending[-1]["grad_norm"]),
+        "train_learning_rate": lr,
+        "train_steps_per_sec": rate,
+      },
+    )
+    self.pending.clear()
+    self.last_time, self.last_step = now, step
+
+
 def train(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -178,8 +238,7 @@ def train(
     f"{sum(x.size for x in jax.tree.leaves(state.params)):,}",
   )
 
-  pending: list[dict[str, jax.Array]] = []
-  last_log_time, last_log_step = time.time(), start_step
+  log = TrainLog(config, writer, schedule, start_step, manager, workdir)
   with jax.set_mesh(mesh), PreemptionSignal(cfg.log_every_steps) as preemption:
     device_batches = prefetch_to_device(batches, batch_sharding)
     first_batch = next(device_batches)
@@ -187,48 +246,8 @@ def train(
     for step in range(start_step + 1, num_steps + 1):
       batch = first_batch if step == start_step + 1 else next(device_batches)
       state, metrics = compiled_step(state, batch, class_embeddings, rng)
-      pending.append(metrics)
       report(step, time.time())
-      now = time.time()
-      due = (
-        step % cfg.log_every_steps == 0
-        or now - last_log_time >= cfg.log_every_secs
-        or step == num_steps
-      )
-      if due:
-        losses_so_far = np.asarray(jax.device_get([m["loss"] for m in pending]))
-        bad = np.flatnonzero(~np.isfinite(losses_so_far))
-        if bad.size:
-          bad_step = step - len(pending) + 1 + int(bad[0])
-          raise NonFiniteLossError(
-            f"Non-finite loss {losses_so_far[bad[0]]} at step {bad_step}; stopping. The last "
-            f"good checkpoint is step {manager.latest_step()} in {workdir}/checkpoints "
-            "(lower config.optimizer.base_lr or check the input data)."
-          )
-        grad_norm = float(pending[-1]["grad_norm"])
-        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-        eta = (num_steps - step) / max(rate, 1e-9)
-        lr = float(schedule(step - 1))
-        logging.info(
-          "step %d/%d  loss %.4f  %.2f steps/s  lr %.3g  ETA %s",
-          step,
-          num_steps,
-          losses_so_far.mean(),
-          rate,
-          lr,
-          _format_seconds(eta),
-        )
-        writer.write_scalars(
-          step,
-          {
-            "train_loss": float(losses_so_far.mean()),
-            "train_grad_norm": grad_norm,
-            "train_learning_rate": lr,
-            "train_steps_per_sec": rate,
-          },
-        )
-        pending.clear()
-        last_log_time, last_log_step = now, step
+      log.add(step, metrics)
       preempted = preemption.should_stop(step)
       if step % cfg.checkpoint_every_steps == 0 or step == num_steps or preempted:
         if not all_finite(state.params):
