@@ -29,7 +29,7 @@ bench bf16_msc 240 --parts train,eval --hlo_file "$OUT/train_step_hlo.txt" \
 find "$OUT/profile" -name "perfetto_trace.json.gz" -exec cp {} "$OUT/bf16_msc_trace.json.gz" \;
 rm -rf "$OUT/profile"
 gzip -f "$OUT/train_step_hlo.txt"
-bench bf16_msc_native_dilated 150 --parts train --measure_peak=false \
+bench bf16_msc_native_dilated 200 --parts train --measure_peak=false \
   --config.model.atrous_conv=dilated
 echo "=== summary"
 grep -h -B1 -A3 "^part " "$OUT"/*.log
