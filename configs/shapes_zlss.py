@@ -80,8 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.learned_head_width = 0  # Learned classifier: feature width before it (0: d_w).
   model.msc_scales = ()  # Extra multi-scale input scales (SPNet: (0.5, 0.75)); () is off.
   model.dtype = "float32"  # Compute dtype ('bfloat16' on TPU/GPU); parameters stay float32.
-  # Dilated convs: 'auto' (dense convs over phases on GPUs, native elsewhere), 'dilated' or
-  # 'space_to_batch'. Same parameters and results; only the speed differs.
+  # Dilated convs: 'auto' (dense convs over phases on GPUs, native elsewhere), 'dilated',
+  # 'space_to_batch' or 'taps'. Same parameters and results; only the speed differs.
   model.atrous_conv = "auto"
 
   config.loss = loss = ml_collections.ConfigDict()

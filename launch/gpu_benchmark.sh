@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU measurement of BENCHMARKS.md as one short script (about 5 minutes on one H100):
 # training step at batch 10, crop 321, MSC, bf16 (+ MSC evaluation at 513) with a profile of
-# three steps, then the same step with native dilated convs to compare.
+# three steps, then the same step with dilated convs computed by taps and natively.
 #
 #   OUT=/tmp/gpu_bench bash launch/gpu_benchmark.sh   # writes JSON, HLO, trace and logs to $OUT
+#   VARIANTS="taps" ...                               # fewer variants (default "taps dilated")
 #
 # Each run is capped by `timeout`, so a slow one cannot eat the time of the ones after it.
 set -uo pipefail
@@ -29,7 +30,10 @@ bench bf16_msc 240 --parts train,eval --hlo_file "$OUT/train_step_hlo.txt" \
 find "$OUT/profile" -name "perfetto_trace.json.gz" -exec cp {} "$OUT/bf16_msc_trace.json.gz" \;
 rm -rf "$OUT/profile"
 gzip -f "$OUT/train_step_hlo.txt"
-bench bf16_msc_native_dilated 200 --parts train --measure_peak=false \
-  --config.model.atrous_conv=dilated
+# The other ways to compute dilated convs (config.model.atrous_conv), on the same machine.
+for method in ${VARIANTS:-taps dilated}; do
+  bench "bf16_msc_$method" 200 --parts train --measure_peak=false \
+    "--config.model.atrous_conv=$method"
+done
 echo "=== summary"
 grep -h -B1 -A3 "^part " "$OUT"/*.log

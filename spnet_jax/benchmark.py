@@ -30,7 +30,7 @@ from ml_collections import config_flags
 from spnet_jax import host, step
 from spnet_jax import optimizer as optim
 from spnet_jax.data import splits
-from spnet_jax.models import create_model, msc, uses_space_to_batch
+from spnet_jax.models import atrous_method, create_model, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
 
 FLAGS = flags.FLAGS
@@ -398,8 +398,7 @@ def main(argv):
     f"{env['device_kind']} x{env['devices']} ({env['cores']} cores), jax {env['jax']}; "
     f"{config.model.backbone}, dtype {config.model.dtype}, batch {config.train.batch_size} "
     f"(x{config.train.accumulation_steps} accumulation) at {image_size}px, MSC "
-    f"{tuple(config.model.msc_scales)}, dilated convs "
-    f"{'as phases' if uses_space_to_batch(config.model.atrous_conv) else 'native'}; "
+    f"{tuple(config.model.msc_scales)}, dilated convs: {atrous_method(config.model.atrous_conv)}; "
     f"peak: {peak_source}",
     flush=True,
   )

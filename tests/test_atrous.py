@@ -1,12 +1,11 @@
-"""Dilated convs computed over phases (space-to-batch) equal the native dilated conv."""
+"""Dilated convs computed over phases (space-to-batch) or by taps equal the native one."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spnet_jax.models import create_model, layers, uses_space_to_batch
+from spnet_jax.models import atrous_method, create_model, layers
 from tests.test_models import _model_config
 
 
@@ -34,21 +33,51 @@ def _numpy_dilated_conv(x, kernel, rate):
     (10, 10, 2, 5),
   ],
 )
-def test_space_to_batch_equals_numpy_dilated_conv(height, width, rate, kernel_size):
+@pytest.mark.parametrize("method", [layers.conv_by_phases, layers.conv_by_taps])
+def test_rewrites_equal_numpy_dilated_conv(height, width, rate, kernel_size, method):
   rng = np.random.default_rng(rate + height)
-  x = rng.standard_normal((2, height, width, 3))
-  kernel = rng.standard_normal((kernel_size, kernel_size, 3, 4))
-  conv = nn.Conv(4, (kernel_size, kernel_size), padding="VALID", use_bias=False)
-  apply = lambda inputs: conv.apply({"params": {"kernel": jnp.asarray(kernel)}}, inputs)
-  ours = layers.atrous_by_space_to_batch(apply, jnp.asarray(x), kernel_size, rate)
+  x = rng.standard_normal((2, height, width, 3)).astype(np.float32)
+  kernel = rng.standard_normal((kernel_size, kernel_size, 3, 4)).astype(np.float32)
+  pad = rate * (kernel_size - 1) // 2
+  numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+  ours = method(
+    jnp.asarray(x),
+    jnp.asarray(kernel),
+    (1, 1),
+    ((pad, pad), (pad, pad)),
+    rhs_dilation=(rate, rate),
+    dimension_numbers=numbers,
+  )
   np.testing.assert_allclose(ours, _numpy_dilated_conv(x, kernel, rate), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_caffe_conv_same_parameters_and_gradients_either_way(stride):
+@pytest.mark.parametrize("method", [layers.conv_by_phases, layers.conv_by_taps])
+def test_rewrites_take_asymmetric_padding_like_lax(method):
+  x = jax.random.normal(jax.random.key(3), (1, 9, 8, 2))
+  kernel = jax.random.normal(jax.random.key(4), (3, 3, 2, 5))
+  padding, dilation = ((1, 4), (0, 2)), (2, 3)
+  names = ("NHWC", "HWIO", "NHWC")
+  want = jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), padding, rhs_dilation=dilation, dimension_numbers=names
+  )
+  numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, names)
+  got = method(x, kernel, (1, 1), padding, rhs_dilation=dilation, dimension_numbers=numbers)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", [layers.conv_by_phases, layers.conv_by_taps])
+def test_rewrites_refuse_strides(method):
+  x, kernel = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
+  numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+  with pytest.raises(ValueError, match="stride 1"):
+    method(x, kernel, (2, 2), ((2, 2), (2, 2)), rhs_dilation=(2, 2), dimension_numbers=numbers)
+
+
+@pytest.mark.parametrize(("stride", "atrous"), [(1, "space_to_batch"), (1, "taps"), (2, "taps")])
+def test_caffe_conv_same_parameters_and_gradients_either_way(stride, atrous):
   x = jax.random.normal(jax.random.key(0), (2, 13, 10, 5))
   dilated = layers.CaffeConv(6, 3, stride=stride, dilation=3, use_bias=True)
-  phases = layers.CaffeConv(6, 3, stride=stride, dilation=3, use_bias=True, space_to_batch=True)
+  phases = layers.CaffeConv(6, 3, stride=stride, dilation=3, use_bias=True, atrous=atrous)
   variables = dilated.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, phases.init(jax.random.key(1), x)) == jax.tree.map(
     jnp.shape, variables
@@ -67,11 +96,12 @@ def test_caffe_conv_same_parameters_and_gradients_either_way(stride):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_whole_model_gives_the_same_logits_either_way():
+@pytest.mark.parametrize("atrous_conv", ["space_to_batch", "taps"])
+def test_whole_model_gives_the_same_logits_either_way(atrous_conv):
   images = jax.random.normal(jax.random.key(0), (2, 40, 40, 3))
   embeddings = jax.random.normal(jax.random.key(1), (7, 9))
   dilated = create_model(_model_config(atrous_conv="dilated"), embedding_dim=9, num_classes=7)
-  phases = create_model(_model_config(atrous_conv="space_to_batch"), embedding_dim=9, num_classes=7)
+  phases = create_model(_model_config(atrous_conv=atrous_conv), embedding_dim=9, num_classes=7)
   variables = dilated.init(jax.random.key(2), images, embeddings)
   # Non-zero last convs, so every dilated conv of the tiny backbone shapes the output.
   variables = jax.tree.map(lambda v: v + 0.01, variables)
@@ -84,10 +114,10 @@ def test_whole_model_gives_the_same_logits_either_way():
 
 
 def test_auto_uses_phases_on_gpus_only():
-  assert uses_space_to_batch("auto", platform="gpu")
-  assert not uses_space_to_batch("auto", platform="cpu")
-  assert not uses_space_to_batch("auto", platform="tpu")
-  assert uses_space_to_batch("space_to_batch", platform="cpu")
-  assert not uses_space_to_batch("dilated", platform="gpu")
+  assert atrous_method("auto", platform="gpu") == "space_to_batch"
+  assert atrous_method("auto", platform="cpu") == "dilated"
+  assert atrous_method("auto", platform="tpu") == "dilated"
+  assert atrous_method("taps", platform="gpu") == "taps"
+  assert atrous_method("dilated", platform="gpu") == "dilated"
   with pytest.raises(ValueError, match=r"config\.model\.atrous_conv 'fast'"):
-    uses_space_to_batch("fast")
+    atrous_method("fast")

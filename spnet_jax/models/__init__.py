@@ -11,8 +11,8 @@ BACKBONES = ("resnet101", "vgg16", "tiny")
 EMBEDDING_HEADS = ("aspp", "aspp_l", "conv1x1")
 CLASSIFIERS = ("projection", "learned", "deeplab")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# How dilated convs run: natively, or as dense convs over phases (faster gradients on GPUs).
-ATROUS_CONVS = ("auto", "dilated", "space_to_batch")
+# How dilated convs run (layers.CaffeConv.atrous); 'auto' picks per platform.
+ATROUS_CONVS = ("auto", "dilated", "space_to_batch", "taps")
 
 
 class SegmentationNet(nn.Module):
@@ -53,18 +53,19 @@ class Conv1x1Head(nn.Module):
     return layers.CaffeConv(self.features, 1, use_bias=True, dtype=self.dtype, name="c0")(x)
 
 
-def uses_space_to_batch(atrous_conv: str, platform: str | None = None) -> bool:
-  """Whether config.model.atrous_conv computes dilated convs over phases on `platform`.
+def atrous_method(atrous_conv: str, platform: str | None = None) -> str:
+  """How config.model.atrous_conv computes dilated convs on `platform` (default: JAX's).
 
-  'auto' picks phases on GPUs only: there cuDNN's dilated-conv gradients are several times
-  slower than dense ones, while on CPUs the extra transposes cost more than they save. Both
-  give the same numbers (tests/test_models.py).
+  'auto' is 'space_to_batch' on GPUs, where cuDNN's dilated-conv gradients are several times
+  slower than dense ones (H100 training step 95.9 -> 72.5 ms, BENCHMARKS.md), and 'dilated'
+  elsewhere: on CPUs the extra transposes cost more than they save, and XLA:TPU handles dilation
+  itself. Every method gives the same numbers (tests/test_atrous.py).
   """
   if atrous_conv not in ATROUS_CONVS:
     raise ValueError(f"Unknown config.model.atrous_conv {atrous_conv!r}; valid: {ATROUS_CONVS}.")
   if atrous_conv == "auto":
-    return (platform or jax.default_backend()) == "gpu"
-  return atrous_conv == "space_to_batch"
+    return "space_to_batch" if (platform or jax.default_backend()) == "gpu" else "dilated"
+  return atrous_conv
 
 
 def create_model(
@@ -83,20 +84,20 @@ def create_model(
   if model_config.dtype not in DTYPES:
     raise ValueError(f"Unknown config.model.dtype {model_config.dtype!r}; valid: {list(DTYPES)}.")
   dtype = DTYPES[model_config.dtype]
-  s2b = uses_space_to_batch(model_config.get("atrous_conv", "auto"))
+  atrous = atrous_method(model_config.get("atrous_conv", "auto"))
   name = model_config.backbone
   if name == "resnet101":
     backbone = resnet.DeepLabResNet(
-      stride_in_3x3=model_config.get("stride_in_3x3", False), dtype=dtype, space_to_batch=s2b
+      stride_in_3x3=model_config.get("stride_in_3x3", False), dtype=dtype, atrous=atrous
     )
   elif name == "vgg16":
-    backbone = vgg.DeepLabVGG16(dtype=dtype, space_to_batch=s2b)
+    backbone = vgg.DeepLabVGG16(dtype=dtype, atrous=atrous)
   elif name == "tiny":
     backbone = tiny.TinyDilatedNet(
       width=model_config.width,
       dilations=tuple(model_config.dilations),
       dtype=dtype,
-      space_to_batch=s2b,
+      atrous=atrous,
     )
   else:
     raise ValueError(f"Unknown config.model.backbone {name!r}; valid: {BACKBONES}.")
@@ -116,9 +117,9 @@ def create_model(
   kind = model_config.embedding_head
   rates = tuple(model_config.aspp_rates)
   if kind == "aspp":
-    head = aspp.ASPP(head_width, rates=rates, dtype=dtype, space_to_batch=s2b)
+    head = aspp.ASPP(head_width, rates=rates, dtype=dtype, atrous=atrous)
   elif kind == "aspp_l":
-    head = aspp.ASPPL(head_width, rates=rates, dtype=dtype, space_to_batch=s2b)
+    head = aspp.ASPPL(head_width, rates=rates, dtype=dtype, atrous=atrous)
   elif kind == "conv1x1":
     head = Conv1x1Head(head_width, dtype=dtype)
   else:

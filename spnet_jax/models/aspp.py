@@ -21,13 +21,13 @@ class ASPP(nn.Module):
     features: output channels of every branch.
     rates: dilation (and padding) of each branch.
     dtype: compute dtype; parameters stay float32.
-    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
+    atrous: how dilated convs run (layers.CaffeConv.atrous).
   """
 
   features: int
   rates: Sequence[int] = (6, 12, 18, 24)
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -42,7 +42,7 @@ class ASPP(nn.Module):
         kernel_init=_HEAD_INIT,
         bias_init=nn.initializers.zeros,
         dtype=self.dtype,
-        space_to_batch=self.space_to_batch,
+        atrous=self.atrous,
         name=f"c{i}",
       )(x)
       out = y if out is None else out + y
@@ -61,14 +61,14 @@ class ASPPL(nn.Module):
     rates: dilation (and padding) of each branch's fc6.
     hidden: channels of fc6 and fc7.
     dtype: compute dtype; parameters stay float32.
-    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
+    atrous: how dilated convs run (layers.CaffeConv.atrous).
   """
 
   features: int
   rates: Sequence[int] = (6, 12, 18, 24)
   hidden: int = 1024
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -80,7 +80,7 @@ class ASPPL(nn.Module):
         rate,
         self.hidden,
         dtype=self.dtype,
-        space_to_batch=self.space_to_batch,
+        atrous=self.atrous,
         name=f"c{i}",
       )(x)
       out = y if out is None else out + y
@@ -96,7 +96,7 @@ class _ASPPLBranch(nn.Module):
   rate: int
   hidden: int
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -106,7 +106,7 @@ class _ASPPLBranch(nn.Module):
       dilation=self.rate,
       use_bias=True,
       dtype=self.dtype,
-      space_to_batch=self.space_to_batch,
+      atrous=self.atrous,
       name="fc6",
     )(x)
     x = nn.relu(x)

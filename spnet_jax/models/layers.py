@@ -45,9 +45,11 @@ class CaffeConv(nn.Module):
   """Conv2D with explicit symmetric padding, as in caffe/PyTorch (not XLA 'SAME').
 
   Attributes:
-    space_to_batch: compute a dilated stride-1 conv as a dense conv over the dilation**2
-      phases of the input (`atrous_by_space_to_batch`); same parameters, same result. cuDNN's
-      dilated-conv gradients are several times slower than dense ones on GPUs.
+    atrous: how a dilated stride-1 conv is computed, with the same parameters and results:
+      'dilated' (XLA's dilated convolution), 'space_to_batch' (`conv_by_phases`: a dense conv
+      over the dilation**2 phases of the input; cuDNN's dilated-conv gradients are several times
+      slower than dense ones) or 'taps' (`conv_by_taps`: one matmul per kernel tap over the
+      pixels it reads).
   """
 
   features: int
@@ -58,49 +60,135 @@ class CaffeConv(nn.Module):
   kernel_init: nn.initializers.Initializer = nn.initializers.he_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    by_phases = self.space_to_batch and self.dilation > 1 and self.stride == 1
-    conv = nn.Conv(
+    conv_fn = None
+    if self.dilation > 1 and self.stride == 1:
+      conv_fn = ATROUS_METHODS[self.atrous]
+    return nn.Conv(
       self.features,
       (self.kernel_size, self.kernel_size),
       strides=(self.stride, self.stride),
-      padding="VALID" if by_phases else same_padding(self.kernel_size, self.dilation),
-      kernel_dilation=(1, 1) if by_phases else (self.dilation, self.dilation),
+      padding=same_padding(self.kernel_size, self.dilation),
+      kernel_dilation=(self.dilation, self.dilation),
       use_bias=self.use_bias,
       kernel_init=self.kernel_init,
       bias_init=self.bias_init,
       dtype=self.dtype,
       param_dtype=jnp.float32,
+      conv_general_dilated=conv_fn,
       name="conv",
-    )
-    if by_phases:
-      return atrous_by_space_to_batch(conv, x, self.kernel_size, self.dilation)
-    return conv(x)
+    )(x)
 
 
-def atrous_by_space_to_batch(conv, x: jax.Array, kernel_size: int, rate: int) -> jax.Array:
-  """A 'same'-padded conv of dilation `rate`, computed by the undilated VALID `conv`.
+def _check_nhwc_stride_1(lhs, rhs, window_strides, lhs_dilation, dimension_numbers, groups):
+  """The case the two rewrites below handle: NHWC x HWIO, stride 1, no input dilation."""
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  if (
+    tuple(window_strides) != (1, 1)
+    or (lhs_dilation is not None and tuple(lhs_dilation) != (1, 1))
+    or dimension_numbers != nhwc
+    or groups != 1
+  ):
+    raise ValueError("conv_by_phases / conv_by_taps need NHWC x HWIO, stride 1, no groups.")
 
-  Output pixel (y, x) reads input pixels (y + i * rate, x + j * rate) of the padded input, all
-  in phase (y mod rate, x mod rate). Splitting the padded input into its rate**2 phase images
-  (stacked on the batch axis) turns the dilated conv into a dense one; the outputs are
-  interleaved back and cropped to the input size.
+
+def conv_by_phases(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+):
+  """`lax.conv_general_dilated` of a dilated conv, computed as a dense conv over phases.
+
+  Output pixel (y, x) reads padded-input pixels (y + i * rate, x + j * rate), all in phase
+  (y mod rate, x mod rate). Splitting the padded input into its rate**2 phase images (stacked on
+  the batch axis) turns the dilated conv into a dense VALID one; the outputs are interleaved
+  back and cropped. Same signature as lax.conv_general_dilated (what flax's nn.Conv calls).
   """
-  batch, height, width, channels = x.shape
-  pad = rate * (kernel_size - 1) // 2
-  # Pad to the "same" padding, then up to a multiple of the rate.
-  padded_h = -(-(height + 2 * pad) // rate) * rate
-  padded_w = -(-(width + 2 * pad) // rate) * rate
-  x = jnp.pad(x, ((0, 0), (pad, padded_h - height - pad), (pad, padded_w - width - pad), (0, 0)))
-  x = x.reshape(batch, padded_h // rate, rate, padded_w // rate, rate, channels)
-  x = x.transpose(2, 4, 0, 1, 3, 5).reshape(rate * rate * batch, padded_h // rate, -1, channels)
-  y = conv(x)
-  out_h, out_w, features = y.shape[1:]
-  y = y.reshape(rate, rate, batch, out_h, out_w, features).transpose(2, 3, 0, 4, 1, 5)
-  return y.reshape(batch, out_h * rate, out_w * rate, features)[:, :height, :width]
+  _check_nhwc_stride_1(
+    lhs, rhs, window_strides, lhs_dilation, dimension_numbers, feature_group_count
+  )
+  rate_h, rate_w = rhs_dilation or (1, 1)
+  batch, _, _, channels = lhs.shape
+  k_h, k_w = rhs.shape[:2]
+  (top, bottom), (left, right) = padding
+  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  out_h = x.shape[1] - rate_h * (k_h - 1)
+  out_w = x.shape[2] - rate_w * (k_w - 1)
+  # Pad up to a multiple of the rate, so every phase image has the same size.
+  extra_h, extra_w = -x.shape[1] % rate_h, -x.shape[2] % rate_w
+  x = jnp.pad(x, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
+  rows, cols = x.shape[1] // rate_h, x.shape[2] // rate_w
+  x = x.reshape(batch, rows, rate_h, cols, rate_w, channels).transpose(2, 4, 0, 1, 3, 5)
+  y = jax.lax.conv_general_dilated(
+    x.reshape(rate_h * rate_w * batch, rows, cols, channels),
+    rhs,
+    (1, 1),
+    "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=precision,
+  )
+  phase_h, phase_w, features = y.shape[1:]
+  y = y.reshape(rate_h, rate_w, batch, phase_h, phase_w, features).transpose(2, 3, 0, 4, 1, 5)
+  return y.reshape(batch, phase_h * rate_h, phase_w * rate_w, features)[:, :out_h, :out_w]
+
+
+def conv_by_taps(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+):
+  """`lax.conv_general_dilated` as one matmul per kernel tap, over the pixels the tap reads.
+
+  Tap (i, j) adds input[y + i * rate - top, x + j * rate - left] @ kernel[i, j] to output (y, x)
+  wherever that input pixel exists; taps that would read only padding (a rate beyond the
+  image) cost nothing. Same signature as lax.conv_general_dilated.
+  """
+  _check_nhwc_stride_1(
+    lhs, rhs, window_strides, lhs_dilation, dimension_numbers, feature_group_count
+  )
+  rate_h, rate_w = rhs_dilation or (1, 1)
+  _, height, width, _ = lhs.shape
+  (top, bottom), (left, right) = padding
+  out_h = height + top + bottom - rate_h * (rhs.shape[0] - 1)
+  out_w = width + left + right - rate_w * (rhs.shape[1] - 1)
+  out = None
+  for i in range(rhs.shape[0]):
+    # Output rows y0..y1-1 read input rows y0 + shift .. y1 - 1 + shift, all inside the image.
+    shift_h = i * rate_h - top
+    y0, y1 = max(0, -shift_h), min(out_h, height - shift_h)
+    for j in range(rhs.shape[1]):
+      shift_w = j * rate_w - left
+      x0, x1 = max(0, -shift_w), min(out_w, width - shift_w)
+      if y0 >= y1 or x0 >= x1:
+        continue
+      window = lhs[:, y0 + shift_h : y1 + shift_h, x0 + shift_w : x1 + shift_w]
+      # Partial sums stay float32 (one conv accumulates all taps in float32 too).
+      part = jnp.einsum(
+        "bhwc,cd->bhwd", window, rhs[i, j], precision=precision, preferred_element_type=jnp.float32
+      )
+      part = jnp.pad(part, ((0, 0), (y0, out_h - y1), (x0, out_w - x1), (0, 0)))
+      out = part if out is None else out + part
+  if out is None:  # Every tap reads padding only.
+    return jnp.zeros((lhs.shape[0], out_h, out_w, rhs.shape[-1]), lhs.dtype)
+  return out.astype(lhs.dtype)
+
+
+ATROUS_METHODS = {"dilated": None, "space_to_batch": conv_by_phases, "taps": conv_by_taps}
 
 
 def max_pool_ceil(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:

@@ -29,7 +29,7 @@ class ConvBN(nn.Module):
     dilation: convolution dilation (padding is dilation * (kernel_size - 1) / 2).
     relu: whether to apply a ReLU after the BatchNorm.
     dtype: compute dtype; parameters stay float32.
-    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
+    atrous: how dilated convs run (layers.CaffeConv.atrous).
   """
 
   features: int
@@ -38,7 +38,7 @@ class ConvBN(nn.Module):
   dilation: int = 1
   relu: bool = True
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   def setup(self) -> None:
     self.caffe_conv = CaffeConv(
@@ -48,7 +48,7 @@ class ConvBN(nn.Module):
       dilation=self.dilation,
       use_bias=False,
       dtype=self.dtype,
-      space_to_batch=self.space_to_batch,
+      atrous=self.atrous,
     )
     # CaffeConv names its nn.Conv "conv"; sharing our scope puts the kernel at `<name>/conv`
     # (next to `<name>/bn`) instead of `<name>/caffe_conv/conv`, so PyTorch keys map one to one.
@@ -71,7 +71,7 @@ class Bottleneck(nn.Module):
     stride_in_3x3: put the stride in the 3x3 conv (torchvision) instead of the first 1x1 conv
       (caffe, DeepLab-v2).
     dtype: compute dtype; parameters stay float32.
-    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
+    atrous: how dilated convs run (layers.CaffeConv.atrous).
   """
 
   features: int
@@ -80,7 +80,7 @@ class Bottleneck(nn.Module):
   projection: bool = False
   stride_in_3x3: bool = False
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -93,7 +93,7 @@ class Bottleneck(nn.Module):
       stride=conv3x3_stride,
       dilation=self.dilation,
       dtype=self.dtype,
-      space_to_batch=self.space_to_batch,
+      atrous=self.atrous,
       name="conv3x3",
     )(h)
     h = ConvBN(self.features, 1, relu=False, dtype=self.dtype, name="increase")(h)
@@ -116,7 +116,7 @@ class ResLayer(nn.Module):
     dilation: dilation of every block's 3x3 conv.
     stride_in_3x3: see `Bottleneck`.
     dtype: compute dtype; parameters stay float32.
-    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
+    atrous: how dilated convs run (layers.CaffeConv.atrous).
   """
 
   num_blocks: int
@@ -125,7 +125,7 @@ class ResLayer(nn.Module):
   dilation: int = 1
   stride_in_3x3: bool = False
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -137,7 +137,7 @@ class ResLayer(nn.Module):
         projection=i == 0,
         stride_in_3x3=self.stride_in_3x3,
         dtype=self.dtype,
-        space_to_batch=self.space_to_batch,
+        atrous=self.atrous,
         name=f"block{i + 1}",
       )(x)
     return x
@@ -170,13 +170,13 @@ class DeepLabResNet(nn.Module):
     stage_sizes: number of bottleneck blocks in layer2..layer5.
     stride_in_3x3: torchvision layout (stride in the 3x3 conv) instead of caffe's (first 1x1).
     dtype: compute dtype for mixed precision; parameters stay float32.
-    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
+    atrous: how dilated convs run (layers.CaffeConv.atrous).
   """
 
   stage_sizes: Sequence[int] = (3, 4, 23, 3)
   stride_in_3x3: bool = False
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -200,7 +200,7 @@ class DeepLabResNet(nn.Module):
         dilation=dilation,
         stride_in_3x3=self.stride_in_3x3,
         dtype=self.dtype,
-        space_to_batch=self.space_to_batch,
+        atrous=self.atrous,
         name=f"layer{i + 2}",
       )(x)
     return x

@@ -14,7 +14,7 @@ class ResidualBlock(nn.Module):
 
   dilation: int
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -25,7 +25,7 @@ class ResidualBlock(nn.Module):
       dilation=self.dilation,
       use_bias=True,
       dtype=self.dtype,
-      space_to_batch=self.space_to_batch,
+      atrous=self.atrous,
       name="conv1",
     )(nn.relu(x))
     # Zero-initialised last conv: with no normalisation layers, identity blocks keep the deep
@@ -36,7 +36,7 @@ class ResidualBlock(nn.Module):
       dilation=self.dilation,
       use_bias=True,
       dtype=self.dtype,
-      space_to_batch=self.space_to_batch,
+      atrous=self.atrous,
       kernel_init=nn.initializers.zeros,
       name="conv2",
     )(nn.relu(y))
@@ -53,7 +53,7 @@ class TinyDilatedNet(nn.Module):
   width: int = 48
   dilations: Sequence[int] = (1, 2, 4, 8)
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -64,7 +64,5 @@ class TinyDilatedNet(nn.Module):
       nn.relu(x)
     )
     for i, dilation in enumerate(self.dilations):
-      x = ResidualBlock(
-        dilation, dtype=self.dtype, space_to_batch=self.space_to_batch, name=f"block{i + 1}"
-      )(x)
+      x = ResidualBlock(dilation, dtype=self.dtype, atrous=self.atrous, name=f"block{i + 1}")(x)
     return nn.relu(x)

@@ -23,11 +23,11 @@ class DeepLabVGG16(nn.Module):
 
   Attributes:
     dtype: compute dtype for mixed precision; parameters stay float32.
-    space_to_batch: dilated convs as dense convs over phases (layers.CaffeConv).
+    atrous: how dilated convs run (layers.CaffeConv.atrous).
   """
 
   dtype: jnp.dtype | None = None
-  space_to_batch: bool = False
+  atrous: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -47,7 +47,7 @@ class DeepLabVGG16(nn.Module):
           dilation=dilation,
           use_bias=True,
           dtype=self.dtype,
-          space_to_batch=self.space_to_batch,
+          atrous=self.atrous,
           name=f"conv{block}_{i}",
         )(x)
         x = nn.relu(x)
