@@ -1,5 +1,6 @@
 """Building blocks shared by the backbones: caffe-style convolutions and frozen BatchNorm."""
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -83,40 +84,47 @@ class CaffeConv(nn.Module):
     )(x)
 
 
-def _check_nhwc_stride_1(lhs, rhs, window_strides, lhs_dilation, dimension_numbers, groups):
-  """The case the two rewrites below handle: NHWC x HWIO, stride 1, no input dilation."""
-  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-  if (
-    tuple(window_strides) != (1, 1)
-    or (lhs_dilation is not None and tuple(lhs_dilation) != (1, 1))
-    or dimension_numbers != nhwc
-    or groups != 1
+def _lax_conv_signature(rewrite):
+  """Gives `rewrite(lhs, rhs, padding, rates, precision)` the signature of
+  `lax.conv_general_dilated` (what flax's nn.Conv calls), refusing the cases it does not cover:
+  anything but NHWC x HWIO, stride 1, no input dilation, no feature groups.
+  """
+
+  @functools.wraps(rewrite)
+  def conv(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
   ):
-    raise ValueError("conv_by_phases / conv_by_taps need NHWC x HWIO, stride 1, no groups.")
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    if (
+      tuple(window_strides) != (1, 1)
+      or (lhs_dilation is not None and tuple(lhs_dilation) != (1, 1))
+      or dimension_numbers != nhwc
+      or feature_group_count != 1
+    ):
+      raise ValueError(f"{rewrite.__name__} needs NHWC x HWIO, stride 1, no groups.")
+    return rewrite(lhs, rhs, tuple(padding), tuple(rhs_dilation or (1, 1)), precision)
+
+  return conv
 
 
-def conv_by_phases(
-  lhs,
-  rhs,
-  window_strides,
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count=1,
-  precision=None,
-):
+@_lax_conv_signature
+def conv_by_phases(lhs, rhs, padding, rates, precision):
   """`lax.conv_general_dilated` of a dilated conv, computed as a dense conv over phases.
 
   Output pixel (y, x) reads padded-input pixels (y + i * rate, x + j * rate), all in phase
   (y mod rate, x mod rate). Splitting the padded input into its rate**2 phase images (stacked on
   the batch axis) turns the dilated conv into a dense VALID one; the outputs are interleaved
-  back and cropped. Same signature as lax.conv_general_dilated (what flax's nn.Conv calls).
+  back and cropped.
   """
-  _check_nhwc_stride_1(
-    lhs, rhs, window_strides, lhs_dilation, dimension_numbers, feature_group_count
-  )
-  rate_h, rate_w = rhs_dilation or (1, 1)
+  rate_h, rate_w = rates
   batch, _, _, channels = lhs.shape
   k_h, k_w = rhs.shape[:2]
   (top, bottom), (left, right) = padding
@@ -141,27 +149,15 @@ def conv_by_phases(
   return y.reshape(batch, phase_h * rate_h, phase_w * rate_w, features)[:, :out_h, :out_w]
 
 
-def conv_by_taps(
-  lhs,
-  rhs,
-  window_strides,
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count=1,
-  precision=None,
-):
+@_lax_conv_signature
+def conv_by_taps(lhs, rhs, padding, rates, precision):
   """`lax.conv_general_dilated` as one matmul per kernel tap, over the pixels the tap reads.
 
   Tap (i, j) adds input[y + i * rate - top, x + j * rate - left] @ kernel[i, j] to output (y, x)
   wherever that input pixel exists; taps that would read only padding (a rate beyond the
-  image) cost nothing. Same signature as lax.conv_general_dilated.
+  image) cost nothing.
   """
-  _check_nhwc_stride_1(
-    lhs, rhs, window_strides, lhs_dilation, dimension_numbers, feature_group_count
-  )
-  rate_h, rate_w = rhs_dilation or (1, 1)
+  rate_h, rate_w = rates
   _, height, width, _ = lhs.shape
   (top, bottom), (left, right) = padding
   out_h = height + top + bottom - rate_h * (rhs.shape[0] - 1)
