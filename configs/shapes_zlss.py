@@ -80,9 +80,13 @@ def get_config() -> ml_collections.ConfigDict:
   model.learned_head_width = 0  # Learned classifier: feature width before it (0: d_w).
   model.msc_scales = ()  # Extra multi-scale input scales (SPNet: (0.5, 0.75)); () is off.
   model.dtype = "float32"  # Compute dtype ('bfloat16' on TPU/GPU); parameters stay float32.
-  # Dilated convs: 'auto' (dense convs over phases on GPUs, native elsewhere), 'dilated',
-  # 'space_to_batch' or 'taps'. Same parameters and results; only the speed differs.
+  # Dilated convs: 'auto' (dense convs over phases on GPUs, one matmul per kernel tap on CPUs
+  # for convs of 128+ channels, native otherwise), 'dilated', 'space_to_batch' or 'taps'.
+  # Same parameters and results; only the speed differs.
   model.atrous_conv = "auto"
+  # Kernel gradients: 'auto' (one matmul per kernel tap on CPUs for 1x1 convs and convs of 128+
+  # channels, native otherwise), 'native' or 'taps'. Same results; only the speed differs.
+  model.conv_kernel_grad = "auto"
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.name = "cross_entropy"  # 'cross_entropy' (SPNet) or 'hvsl' (hinge baseline).

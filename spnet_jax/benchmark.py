@@ -30,8 +30,9 @@ from ml_collections import config_flags
 from spnet_jax import host, step
 from spnet_jax import optimizer as optim
 from spnet_jax.data import splits
-from spnet_jax.models import atrous_method, create_model, msc
+from spnet_jax.models import conv_method, create_model, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
+from spnet_jax.timing import time_calls
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
@@ -117,20 +118,6 @@ def model_flops(fn, *args) -> float:
   return xla_flops(jax.jit(fn).lower(*abstract)) / jax.device_count()
 
 
-def time_calls(call, warmup: int, steps: int) -> list[float]:
-  """Seconds per call, each ended by a device synchronisation, after `warmup` calls."""
-  if steps == 0:  # Compile only.
-    return []
-  for _ in range(warmup):
-    jax.block_until_ready(call())
-  seconds = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(call())
-    seconds.append(time.perf_counter() - start)
-  return seconds
-
-
 def summarize(name, seconds, compile_s, flops, images, peak) -> dict:
   """Median step time and the figures derived from it (None without timed steps)."""
   median = statistics.median(seconds) if seconds else None
@@ -183,10 +170,11 @@ class Bench:
     self.train_classes = np.asarray(self.split.train_classes)
     self.embeddings = class_embeddings(self.split.num_classes, embedding_dim)
     self.model = create_model(config.model, embedding_dim, self.split.num_classes)
-    # Model FLOPs are counted on native dilated convs, however the config computes them, and
-    # without accumulation: XLA counts a loop body once, whatever its trip count.
+    # Model FLOPs are counted on native convs and gradients, however the config computes them
+    # (taps skip padding), and without accumulation: XLA counts a loop body once.
     self.counting_config = ml_collections.ConfigDict(config.to_dict())
     self.counting_config.model.atrous_conv = "dilated"
+    self.counting_config.model.conv_kernel_grad = "native"
     self.counting_config.train.accumulation_steps = 1
     self.counting_model = create_model(
       self.counting_config.model, embedding_dim, self.split.num_classes
@@ -398,7 +386,7 @@ def main(argv):
     f"{env['device_kind']} x{env['devices']} ({env['cores']} cores), jax {env['jax']}; "
     f"{config.model.backbone}, dtype {config.model.dtype}, batch {config.train.batch_size} "
     f"(x{config.train.accumulation_steps} accumulation) at {image_size}px, MSC "
-    f"{tuple(config.model.msc_scales)}, dilated convs: {atrous_method(config.model.atrous_conv)}; "
+    f"{tuple(config.model.msc_scales)}, convs: {conv_method(config.model)}; "
     f"peak: {peak_source}",
     flush=True,
   )

@@ -7,7 +7,14 @@ import ml_collections
 
 from spnet_jax import losses, optimizer
 from spnet_jax.data import pipeline
-from spnet_jax.models import ATROUS_CONVS, BACKBONES, CLASSIFIERS, DTYPES, EMBEDDING_HEADS
+from spnet_jax.models import (
+  ATROUS_CONVS,
+  BACKBONES,
+  CLASSIFIERS,
+  DTYPES,
+  EMBEDDING_HEADS,
+  KERNEL_GRADS,
+)
 
 _CHOICES = {
   "mode": ("train_and_evaluate", "evaluate"),
@@ -17,13 +24,14 @@ _CHOICES = {
   "model.embedding_head": EMBEDDING_HEADS,
   "model.dtype": tuple(DTYPES),
   "model.atrous_conv": ATROUS_CONVS,
+  "model.conv_kernel_grad": KERNEL_GRADS,
   "loss.name": losses.LOSSES,
   "loss.label_resolution": losses.LABEL_RESOLUTIONS,
   "optimizer.name": optimizer.OPTIMIZERS,
   "optimizer.schedule": optimizer.SCHEDULES,
 }
 # Fields newer than some saved run configs (workdir/config.json); absent means the default.
-_ADDED_LATER = ("model.atrous_conv",)
+_ADDED_LATER = ("model.atrous_conv", "model.conv_kernel_grad")
 _POSITIVE = (
   "train.batch_size",
   "train.num_steps",

@@ -77,7 +77,9 @@ def test_rewrites_refuse_strides(method):
 def test_caffe_conv_same_parameters_and_gradients_either_way(stride, atrous):
   x = jax.random.normal(jax.random.key(0), (2, 13, 10, 5))
   dilated = layers.CaffeConv(6, 3, stride=stride, dilation=3, use_bias=True)
-  phases = layers.CaffeConv(6, 3, stride=stride, dilation=3, use_bias=True, atrous=atrous)
+  phases = layers.CaffeConv(
+    6, 3, stride=stride, dilation=3, use_bias=True, conv_method=layers.ConvMethod(atrous=atrous)
+  )
   variables = dilated.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, phases.init(jax.random.key(1), x)) == jax.tree.map(
     jnp.shape, variables
@@ -113,9 +115,9 @@ def test_whole_model_gives_the_same_logits_either_way(atrous_conv):
   )
 
 
-def test_auto_uses_phases_on_gpus_only():
+def test_auto_uses_phases_on_gpus_and_taps_on_cpus():
   assert atrous_method("auto", platform="gpu") == "space_to_batch"
-  assert atrous_method("auto", platform="cpu") == "dilated"
+  assert atrous_method("auto", platform="cpu") == "taps"
   assert atrous_method("auto", platform="tpu") == "dilated"
   assert atrous_method("taps", platform="gpu") == "taps"
   assert atrous_method("dilated", platform="gpu") == "dilated"

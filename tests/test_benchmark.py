@@ -45,18 +45,19 @@ def test_model_flops_by_hand():
   assert benchmark.model_flops(conv, images, kernel) == 2 * (2 * 8 * 8 * 4) * (3 * 3 * 3)
 
 
-def test_model_flops_count_native_dilated_convs_whatever_the_config_runs():
+def test_model_flops_count_native_convs_whatever_the_config_runs():
   counts = []
-  for atrous_conv in ("dilated", "space_to_batch"):
+  methods = (("dilated", "native"), ("space_to_batch", "native"), ("taps", "taps"))
+  for atrous_conv, kernel_grad in methods:
     config = shapes_zlss.get_config()
     config.model.width, config.model.dilations = 8, (1, 2)
-    config.model.atrous_conv = atrous_conv
+    config.model.atrous_conv, config.model.conv_kernel_grad = atrous_conv, kernel_grad
     bench = benchmark.Bench(config, image_size=32, embedding_dim=8)
     counts.append(bench.step_flops())
     if atrous_conv == "dilated":  # On a CPU the executable counts about the same (fusions).
       compiled = bench.train_step()[0]
       assert counts[-1] == pytest.approx(benchmark.xla_flops(compiled), rel=0.02)
-  assert counts[0] == counts[1]
+  assert counts[0] == counts[1] == counts[2]
   config.train.batch_size, config.train.accumulation_steps = 4, 2
   two_micro_batches = benchmark.Bench(config, image_size=32, embedding_dim=8).step_flops()
   config.train.accumulation_steps = 1

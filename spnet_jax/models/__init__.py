@@ -1,5 +1,7 @@
 """Model registry: config.model -> a segmentation network (backbone, embedding head, classifier)."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,11 @@ BACKBONES = ("resnet101", "vgg16", "tiny")
 EMBEDDING_HEADS = ("aspp", "aspp_l", "conv1x1")
 CLASSIFIERS = ("projection", "learned", "deeplab")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# How dilated convs run (layers.CaffeConv.atrous); 'auto' picks per platform.
-ATROUS_CONVS = ("auto", "dilated", "space_to_batch", "taps")
+# How convs run (layers.ConvMethod); 'auto' picks per platform.
+ATROUS_CONVS = ("auto", *layers.ATROUS_CONVS)
+KERNEL_GRADS = ("auto", *layers.KERNEL_GRADS)
+# Input channels from which taps beat XLA:CPU's convolutions (ResNet-101 vs the tiny backbone).
+CPU_TAPS_MIN_FEATURES = 128
 
 
 class SegmentationNet(nn.Module):
@@ -47,25 +52,64 @@ class Conv1x1Head(nn.Module):
 
   features: int
   dtype: jnp.dtype | None = None
+  conv_method: layers.ConvMethod = layers.ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return layers.CaffeConv(self.features, 1, use_bias=True, dtype=self.dtype, name="c0")(x)
+    return layers.CaffeConv(
+      self.features, 1, use_bias=True, dtype=self.dtype, conv_method=self.conv_method, name="c0"
+    )(x)
 
 
 def atrous_method(atrous_conv: str, platform: str | None = None) -> str:
   """How config.model.atrous_conv computes dilated convs on `platform` (default: JAX's).
 
   'auto' is 'space_to_batch' on GPUs, where cuDNN's dilated-conv gradients are several times
-  slower than dense ones (H100 training step 95.9 -> 72.5 ms, BENCHMARKS.md), and 'dilated'
-  elsewhere: on CPUs the extra transposes cost more than they save, and XLA:TPU handles dilation
-  itself. Every method gives the same numbers (tests/test_atrous.py).
+  slower than dense ones (H100 training step 95.9 -> 72.5 ms, BENCHMARKS.md); 'taps' on CPUs,
+  where skipping the taps that read padding only pays (the ASPP's rates exceed small feature
+  maps; conv_method limits it to wide convs); and 'dilated' elsewhere (XLA:TPU handles dilation
+  itself). Every method gives the same numbers (tests/test_atrous.py).
   """
   if atrous_conv not in ATROUS_CONVS:
     raise ValueError(f"Unknown config.model.atrous_conv {atrous_conv!r}; valid: {ATROUS_CONVS}.")
   if atrous_conv == "auto":
-    return "space_to_batch" if (platform or jax.default_backend()) == "gpu" else "dilated"
+    by_platform = {"gpu": "space_to_batch", "cpu": "taps"}
+    return by_platform.get(platform or jax.default_backend(), "dilated")
   return atrous_conv
+
+
+def kernel_grad_method(kernel_grad: str, platform: str | None = None) -> str:
+  """How config.model.conv_kernel_grad computes kernel gradients on `platform`.
+
+  'auto' is 'taps' on CPUs, where XLA's kernel-gradient convolution runs at about a third of
+  its matmul speed (BENCHMARKS.md), and 'native' elsewhere.
+  """
+  if kernel_grad not in KERNEL_GRADS:
+    raise ValueError(
+      f"Unknown config.model.conv_kernel_grad {kernel_grad!r}; valid: {KERNEL_GRADS}."
+    )
+  if kernel_grad == "auto":
+    return "taps" if (platform or jax.default_backend()) == "cpu" else "native"
+  return kernel_grad
+
+
+def conv_method(
+  model_config: ml_collections.ConfigDict, platform: str | None = None
+) -> layers.ConvMethod:
+  """config.model's convolution choices, 'auto' resolved for `platform` (default: JAX's).
+
+  Where an 'auto' picks taps (CPUs), they apply to convs with at least CPU_TAPS_MIN_FEATURES
+  input channels: on narrower ones XLA's own convolutions are faster (BENCHMARKS.md).
+  """
+  atrous_conv = model_config.get("atrous_conv", "auto")
+  kernel_grad = model_config.get("conv_kernel_grad", "auto")
+  method = layers.ConvMethod(
+    atrous=atrous_method(atrous_conv, platform),
+    kernel_grad=kernel_grad_method(kernel_grad, platform),
+  )
+  if "auto" in (atrous_conv, kernel_grad) and "taps" in (method.atrous, method.kernel_grad):
+    method = dataclasses.replace(method, taps_min_features=CPU_TAPS_MIN_FEATURES)
+  return method
 
 
 def create_model(
@@ -84,20 +128,20 @@ def create_model(
   if model_config.dtype not in DTYPES:
     raise ValueError(f"Unknown config.model.dtype {model_config.dtype!r}; valid: {list(DTYPES)}.")
   dtype = DTYPES[model_config.dtype]
-  atrous = atrous_method(model_config.get("atrous_conv", "auto"))
+  convs = conv_method(model_config)
   name = model_config.backbone
   if name == "resnet101":
     backbone = resnet.DeepLabResNet(
-      stride_in_3x3=model_config.get("stride_in_3x3", False), dtype=dtype, atrous=atrous
+      stride_in_3x3=model_config.get("stride_in_3x3", False), dtype=dtype, conv_method=convs
     )
   elif name == "vgg16":
-    backbone = vgg.DeepLabVGG16(dtype=dtype, atrous=atrous)
+    backbone = vgg.DeepLabVGG16(dtype=dtype, conv_method=convs)
   elif name == "tiny":
     backbone = tiny.TinyDilatedNet(
       width=model_config.width,
       dilations=tuple(model_config.dilations),
       dtype=dtype,
-      atrous=atrous,
+      conv_method=convs,
     )
   else:
     raise ValueError(f"Unknown config.model.backbone {name!r}; valid: {BACKBONES}.")
@@ -117,11 +161,11 @@ def create_model(
   kind = model_config.embedding_head
   rates = tuple(model_config.aspp_rates)
   if kind == "aspp":
-    head = aspp.ASPP(head_width, rates=rates, dtype=dtype, atrous=atrous)
+    head = aspp.ASPP(head_width, rates=rates, dtype=dtype, conv_method=convs)
   elif kind == "aspp_l":
-    head = aspp.ASPPL(head_width, rates=rates, dtype=dtype, atrous=atrous)
+    head = aspp.ASPPL(head_width, rates=rates, dtype=dtype, conv_method=convs)
   elif kind == "conv1x1":
-    head = Conv1x1Head(head_width, dtype=dtype)
+    head = Conv1x1Head(head_width, dtype=dtype, conv_method=convs)
   else:
     raise ValueError(f"Unknown config.model.embedding_head {kind!r}; valid: {EMBEDDING_HEADS}.")
   return SegmentationNet(

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from spnet_jax.models.layers import CaffeConv
+from spnet_jax.models.layers import CaffeConv, ConvMethod
 
 # DeepLab-v2 initialises the classifier convs with N(0, 0.01) and zero bias.
 _HEAD_INIT = nn.initializers.normal(stddev=0.01)
@@ -21,13 +21,13 @@ class ASPP(nn.Module):
     features: output channels of every branch.
     rates: dilation (and padding) of each branch.
     dtype: compute dtype; parameters stay float32.
-    atrous: how dilated convs run (layers.CaffeConv.atrous).
+    conv_method: how the convs are computed (layers.ConvMethod).
   """
 
   features: int
   rates: Sequence[int] = (6, 12, 18, 24)
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: ConvMethod = ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -42,7 +42,7 @@ class ASPP(nn.Module):
         kernel_init=_HEAD_INIT,
         bias_init=nn.initializers.zeros,
         dtype=self.dtype,
-        atrous=self.atrous,
+        conv_method=self.conv_method,
         name=f"c{i}",
       )(x)
       out = y if out is None else out + y
@@ -61,14 +61,14 @@ class ASPPL(nn.Module):
     rates: dilation (and padding) of each branch's fc6.
     hidden: channels of fc6 and fc7.
     dtype: compute dtype; parameters stay float32.
-    atrous: how dilated convs run (layers.CaffeConv.atrous).
+    conv_method: how the convs are computed (layers.ConvMethod).
   """
 
   features: int
   rates: Sequence[int] = (6, 12, 18, 24)
   hidden: int = 1024
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: ConvMethod = ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -80,7 +80,7 @@ class ASPPL(nn.Module):
         rate,
         self.hidden,
         dtype=self.dtype,
-        atrous=self.atrous,
+        conv_method=self.conv_method,
         name=f"c{i}",
       )(x)
       out = y if out is None else out + y
@@ -96,7 +96,7 @@ class _ASPPLBranch(nn.Module):
   rate: int
   hidden: int
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: ConvMethod = ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -106,11 +106,13 @@ class _ASPPLBranch(nn.Module):
       dilation=self.rate,
       use_bias=True,
       dtype=self.dtype,
-      atrous=self.atrous,
+      conv_method=self.conv_method,
       name="fc6",
     )(x)
     x = nn.relu(x)
-    x = CaffeConv(self.hidden, 1, use_bias=True, dtype=self.dtype, name="fc7")(x)
+    x = CaffeConv(
+      self.hidden, 1, use_bias=True, dtype=self.dtype, conv_method=self.conv_method, name="fc7"
+    )(x)
     x = nn.relu(x)
     return CaffeConv(
       self.features,
@@ -119,5 +121,6 @@ class _ASPPLBranch(nn.Module):
       kernel_init=_HEAD_INIT,
       bias_init=nn.initializers.zeros,
       dtype=self.dtype,
+      conv_method=self.conv_method,
       name="fc8",
     )(x)

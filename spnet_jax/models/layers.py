@@ -1,5 +1,6 @@
 """Building blocks shared by the backbones: caffe-style convolutions and frozen BatchNorm."""
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -7,9 +8,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from spnet_jax.models import kernel_grad
+
 # Name of the variable collection that holds every BatchNorm tensor. It is not 'params', so the
 # optimiser never sees it: DeepLab-v2 keeps BatchNorm frozen (statistics and affine alike).
 FROZEN_COLLECTION = "batch_stats"
+# The ways ConvMethod can compute dilated convs and kernel gradients (same numbers, own speed).
+ATROUS_CONVS = ("dilated", "space_to_batch", "taps")
+KERNEL_GRADS = ("native", "taps")
 
 
 class FrozenBatchNorm(nn.Module):
@@ -42,15 +48,42 @@ def same_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int], 
   return ((pad, pad), (pad, pad))
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvMethod:
+  """How CaffeConv computes a convolution; every choice has the same parameters and results.
+
+  Attributes:
+    atrous: how a dilated stride-1 conv runs: 'dilated' (XLA's dilated convolution),
+      'space_to_batch' (`conv_by_phases`: a dense conv over the dilation**2 phases of the input;
+      cuDNN's dilated-conv gradients are several times slower than dense ones) or 'taps'
+      (`conv_by_taps`: one matmul per kernel tap over the pixels it reads).
+    kernel_grad: how the kernel gradient is computed: 'native' (autodiff of the forward) or
+      'taps' (`kernel_grad.kernel_grad_by_taps`: one matmul per tap; XLA:CPU's kernel-gradient
+      convolution runs at a third of its matmul speed).
+    taps_min_features: the 'taps' choices apply to convs with at least this many input
+      channels (and to every 1x1 kernel gradient, a single matmul); narrower convs run
+      natively, since per-tap matmuls that narrow cost more than they save.
+  """
+
+  atrous: str = "dilated"
+  kernel_grad: str = "native"
+  taps_min_features: int = 0
+
+  def __post_init__(self):
+    if self.atrous not in ATROUS_CONVS:
+      raise ValueError(f"Unknown ConvMethod.atrous {self.atrous!r}; valid: {ATROUS_CONVS}.")
+    if self.kernel_grad not in KERNEL_GRADS:
+      raise ValueError(
+        f"Unknown ConvMethod.kernel_grad {self.kernel_grad!r}; valid: {KERNEL_GRADS}."
+      )
+
+
 class CaffeConv(nn.Module):
   """Conv2D with explicit symmetric padding, as in caffe/PyTorch (not XLA 'SAME').
 
   Attributes:
-    atrous: how a dilated stride-1 conv is computed, with the same parameters and results:
-      'dilated' (XLA's dilated convolution), 'space_to_batch' (`conv_by_phases`: a dense conv
-      over the dilation**2 phases of the input; cuDNN's dilated-conv gradients are several times
-      slower than dense ones) or 'taps' (`conv_by_taps`: one matmul per kernel tap over the
-      pixels it reads).
+    conv_method: how the convolution is computed (ConvMethod); it never changes the parameters
+      or the numbers.
   """
 
   features: int
@@ -61,13 +94,17 @@ class CaffeConv(nn.Module):
   kernel_init: nn.initializers.Initializer = nn.initializers.he_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: ConvMethod = ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    method = self.conv_method
+    wide = x.shape[-1] >= method.taps_min_features
     conv_fn = None
-    if self.dilation > 1 and self.stride == 1:
-      conv_fn = ATROUS_METHODS[self.atrous]
+    if self.dilation > 1 and self.stride == 1 and (method.atrous != "taps" or wide):
+      conv_fn = ATROUS_METHODS[method.atrous]
+    if method.kernel_grad == "taps" and (wide or self.kernel_size == 1):
+      conv_fn = kernel_grad.with_kernel_grad_by_taps(conv_fn)
     return nn.Conv(
       self.features,
       (self.kernel_size, self.kernel_size),
@@ -184,7 +221,7 @@ def conv_by_taps(lhs, rhs, padding, rates, precision):
   return out.astype(lhs.dtype)
 
 
-ATROUS_METHODS = {"dilated": None, "space_to_batch": conv_by_phases, "taps": conv_by_taps}
+ATROUS_METHODS = dict(zip(ATROUS_CONVS, (None, conv_by_phases, conv_by_taps), strict=True))
 
 
 def max_pool_ceil(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from spnet_jax.models.layers import CaffeConv, FrozenBatchNorm, max_pool_ceil
+from spnet_jax.models.layers import CaffeConv, ConvMethod, FrozenBatchNorm, max_pool_ceil
 
 # Output channels, first-block stride and dilation of layer2..layer5 (DeepLab-v2, output stride 8).
 _STAGE_FEATURES = (256, 512, 1024, 2048)
@@ -29,7 +29,7 @@ class ConvBN(nn.Module):
     dilation: convolution dilation (padding is dilation * (kernel_size - 1) / 2).
     relu: whether to apply a ReLU after the BatchNorm.
     dtype: compute dtype; parameters stay float32.
-    atrous: how dilated convs run (layers.CaffeConv.atrous).
+    conv_method: how the convs are computed (layers.ConvMethod).
   """
 
   features: int
@@ -38,7 +38,7 @@ class ConvBN(nn.Module):
   dilation: int = 1
   relu: bool = True
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: ConvMethod = ConvMethod()
 
   def setup(self) -> None:
     self.caffe_conv = CaffeConv(
@@ -48,7 +48,7 @@ class ConvBN(nn.Module):
       dilation=self.dilation,
       use_bias=False,
       dtype=self.dtype,
-      atrous=self.atrous,
+      conv_method=self.conv_method,
     )
     # CaffeConv names its nn.Conv "conv"; sharing our scope puts the kernel at `<name>/conv`
     # (next to `<name>/bn`) instead of `<name>/caffe_conv/conv`, so PyTorch keys map one to one.
@@ -71,7 +71,7 @@ class Bottleneck(nn.Module):
     stride_in_3x3: put the stride in the 3x3 conv (torchvision) instead of the first 1x1 conv
       (caffe, DeepLab-v2).
     dtype: compute dtype; parameters stay float32.
-    atrous: how dilated convs run (layers.CaffeConv.atrous).
+    conv_method: how the convs are computed (layers.ConvMethod).
   """
 
   features: int
@@ -80,26 +80,41 @@ class Bottleneck(nn.Module):
   projection: bool = False
   stride_in_3x3: bool = False
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: ConvMethod = ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     mid = self.features // _EXPANSION
     reduce_stride, conv3x3_stride = (1, self.stride) if self.stride_in_3x3 else (self.stride, 1)
-    h = ConvBN(mid, 1, stride=reduce_stride, dtype=self.dtype, name="reduce")(x)
+    h = ConvBN(
+      mid, 1, stride=reduce_stride, dtype=self.dtype, conv_method=self.conv_method, name="reduce"
+    )(x)
     h = ConvBN(
       mid,
       3,
       stride=conv3x3_stride,
       dilation=self.dilation,
       dtype=self.dtype,
-      atrous=self.atrous,
+      conv_method=self.conv_method,
       name="conv3x3",
     )(h)
-    h = ConvBN(self.features, 1, relu=False, dtype=self.dtype, name="increase")(h)
+    h = ConvBN(
+      self.features,
+      1,
+      relu=False,
+      dtype=self.dtype,
+      conv_method=self.conv_method,
+      name="increase",
+    )(h)
     if self.projection:
       x = ConvBN(
-        self.features, 1, stride=self.stride, relu=False, dtype=self.dtype, name="shortcut"
+        self.features,
+        1,
+        stride=self.stride,
+        relu=False,
+        dtype=self.dtype,
+        conv_method=self.conv_method,
+        name="shortcut",
       )(x)
     elif self.dtype is not None:
       x = x.astype(self.dtype)
@@ -116,7 +131,7 @@ class ResLayer(nn.Module):
     dilation: dilation of every block's 3x3 conv.
     stride_in_3x3: see `Bottleneck`.
     dtype: compute dtype; parameters stay float32.
-    atrous: how dilated convs run (layers.CaffeConv.atrous).
+    conv_method: how the convs are computed (layers.ConvMethod).
   """
 
   num_blocks: int
@@ -125,7 +140,7 @@ class ResLayer(nn.Module):
   dilation: int = 1
   stride_in_3x3: bool = False
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: ConvMethod = ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -137,7 +152,7 @@ class ResLayer(nn.Module):
         projection=i == 0,
         stride_in_3x3=self.stride_in_3x3,
         dtype=self.dtype,
-        atrous=self.atrous,
+        conv_method=self.conv_method,
         name=f"block{i + 1}",
       )(x)
     return x
@@ -149,14 +164,18 @@ class Stem(nn.Module):
   Attributes:
     features: output channels of the 7x7 conv.
     dtype: compute dtype; parameters stay float32.
+    conv_method: how the convs are computed (layers.ConvMethod).
   """
 
   features: int = 64
   dtype: jnp.dtype | None = None
+  conv_method: ConvMethod = ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = ConvBN(self.features, 7, stride=2, dtype=self.dtype, name="conv1")(x)
+    x = ConvBN(
+      self.features, 7, stride=2, dtype=self.dtype, conv_method=self.conv_method, name="conv1"
+    )(x)
     return max_pool_ceil(x, 3, 2, padding=1)
 
 
@@ -170,13 +189,13 @@ class DeepLabResNet(nn.Module):
     stage_sizes: number of bottleneck blocks in layer2..layer5.
     stride_in_3x3: torchvision layout (stride in the 3x3 conv) instead of caffe's (first 1x1).
     dtype: compute dtype for mixed precision; parameters stay float32.
-    atrous: how dilated convs run (layers.CaffeConv.atrous).
+    conv_method: how the convs are computed (layers.ConvMethod).
   """
 
   stage_sizes: Sequence[int] = (3, 4, 23, 3)
   stride_in_3x3: bool = False
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: ConvMethod = ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -190,7 +209,7 @@ class DeepLabResNet(nn.Module):
     """
     if len(self.stage_sizes) != len(_STAGE_FEATURES):
       raise ValueError(f"stage_sizes needs {len(_STAGE_FEATURES)} entries, got {self.stage_sizes}")
-    x = Stem(dtype=self.dtype, name="layer1")(x)
+    x = Stem(dtype=self.dtype, conv_method=self.conv_method, name="layer1")(x)
     stages = zip(self.stage_sizes, _STAGE_FEATURES, _STAGE_STRIDES, _STAGE_DILATIONS, strict=True)
     for i, (num_blocks, features, stride, dilation) in enumerate(stages):
       x = ResLayer(
@@ -200,7 +219,7 @@ class DeepLabResNet(nn.Module):
         dilation=dilation,
         stride_in_3x3=self.stride_in_3x3,
         dtype=self.dtype,
-        atrous=self.atrous,
+        conv_method=self.conv_method,
         name=f"layer{i + 2}",
       )(x)
     return x

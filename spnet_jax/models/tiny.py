@@ -1,5 +1,6 @@
 """A small dilated residual backbone that trains from scratch on a CPU (embedded benchmark)."""
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -14,7 +15,7 @@ class ResidualBlock(nn.Module):
 
   dilation: int
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: layers.ConvMethod = layers.ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -25,7 +26,7 @@ class ResidualBlock(nn.Module):
       dilation=self.dilation,
       use_bias=True,
       dtype=self.dtype,
-      atrous=self.atrous,
+      conv_method=self.conv_method,
       name="conv1",
     )(nn.relu(x))
     # Zero-initialised last conv: with no normalisation layers, identity blocks keep the deep
@@ -36,7 +37,7 @@ class ResidualBlock(nn.Module):
       dilation=self.dilation,
       use_bias=True,
       dtype=self.dtype,
-      atrous=self.atrous,
+      conv_method=self.conv_method,
       kernel_init=nn.initializers.zeros,
       name="conv2",
     )(nn.relu(y))
@@ -53,16 +54,22 @@ class TinyDilatedNet(nn.Module):
   width: int = 48
   dilations: Sequence[int] = (1, 2, 4, 8)
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: layers.ConvMethod = layers.ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = layers.CaffeConv(
-      self.width // 2, 3, stride=2, use_bias=True, dtype=self.dtype, name="stem1"
-    )(x)
-    x = layers.CaffeConv(self.width, 3, stride=2, use_bias=True, dtype=self.dtype, name="stem2")(
-      nn.relu(x)
+    stem = functools.partial(
+      layers.CaffeConv,
+      kernel_size=3,
+      stride=2,
+      use_bias=True,
+      dtype=self.dtype,
+      conv_method=self.conv_method,
     )
+    x = stem(self.width // 2, name="stem1")(x)
+    x = stem(self.width, name="stem2")(nn.relu(x))
     for i, dilation in enumerate(self.dilations):
-      x = ResidualBlock(dilation, dtype=self.dtype, atrous=self.atrous, name=f"block{i + 1}")(x)
+      x = ResidualBlock(
+        dilation, dtype=self.dtype, conv_method=self.conv_method, name=f"block{i + 1}"
+      )(x)
     return nn.relu(x)

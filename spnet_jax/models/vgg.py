@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from spnet_jax.models.layers import CaffeConv, max_pool_ceil
+from spnet_jax.models.layers import CaffeConv, ConvMethod, max_pool_ceil
 
 # (number of 3x3 convs, channels, dilation, stride of the following 3x3 max-pool) per block.
 _BLOCKS = (
@@ -23,11 +23,11 @@ class DeepLabVGG16(nn.Module):
 
   Attributes:
     dtype: compute dtype for mixed precision; parameters stay float32.
-    atrous: how dilated convs run (layers.CaffeConv.atrous).
+    conv_method: how the convs are computed (layers.ConvMethod).
   """
 
   dtype: jnp.dtype | None = None
-  atrous: str = "dilated"
+  conv_method: ConvMethod = ConvMethod()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -47,7 +47,7 @@ class DeepLabVGG16(nn.Module):
           dilation=dilation,
           use_bias=True,
           dtype=self.dtype,
-          atrous=self.atrous,
+          conv_method=self.conv_method,
           name=f"conv{block}_{i}",
         )(x)
         x = nn.relu(x)
