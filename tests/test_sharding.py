@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
 
 _SCRIPT = r"""
+import sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from configs import shapes_zlss
@@ -18,6 +21,7 @@ config = shapes_zlss.get_config()
 config.model.width = 8
 config.model.dilations = (1, 2)
 config.train.batch_size = 8
+config.model.atrous_conv, config.model.conv_kernel_grad = sys.argv[1:3]
 model = create_model(config.model, embedding_dim=9, num_classes=17)
 tx = optimizer.create_optimizer(config.optimizer, 10)
 embeddings = jax.random.normal(jax.random.key(1), (17, 9))
@@ -58,11 +62,18 @@ print("losses", one, four, accumulated)
 """
 
 
-def test_sharded_step_matches_single_device():
+# 'taps' also shards the custom-VJP kernel gradients (its matmuls contract the batch axis).
+@pytest.mark.parametrize("conv_method", [("auto", "auto"), ("taps", "taps")])
+def test_sharded_step_matches_single_device(conv_method):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   env["PYTHONPATH"] = ROOT
   result = subprocess.run(
-    [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    [sys.executable, "-c", _SCRIPT, *conv_method],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "losses" in result.stdout

@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+from spnet_jax.models import lax_conv
 
 
 def tap_range(shift: int, stride: int, size: int, out_size: int) -> tuple[int, int]:
@@ -85,31 +85,13 @@ def with_kernel_grad_by_taps(forward=None):
   """
   forward = forward or jax.lax.conv_general_dilated
 
-  def conv(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-  ):
-    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    if (
-      isinstance(padding, str)
-      or (lhs_dilation is not None and tuple(lhs_dilation) != (1, 1))
-      or dimension_numbers != nhwc
-      or feature_group_count != 1
-    ):
-      raise ValueError(
-        "Kernel gradients by taps need NHWC x HWIO, explicit padding, no input dilation and no "
-        "feature groups; use config.model.conv_kernel_grad='native' for other convolutions."
-      )
-    strides = tuple(window_strides)
-    pads = tuple(tuple(pair) for pair in padding)
-    rates = tuple(rhs_dilation or (1, 1))
+  @lax_conv.lax_conv_signature(
+    strided=True,
+    unsupported="Kernel gradients by taps need NHWC x HWIO, explicit padding, no input dilation "
+    "and no feature groups; use config.model.conv_kernel_grad='native' for other convolutions.",
+  )
+  def conv(lhs, rhs, strides, pads, rates, precision):
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, lax_conv.NHWC)
     apply = functools.partial(
       forward,
       window_strides=strides,

@@ -1,14 +1,13 @@
 """Building blocks shared by the backbones: caffe-style convolutions and frozen BatchNorm."""
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from spnet_jax.models import kernel_grad
+from spnet_jax.models import kernel_grad, lax_conv
 
 # Name of the variable collection that holds every BatchNorm tensor. It is not 'params', so the
 # optimiser never sees it: DeepLab-v2 keeps BatchNorm frozen (statistics and affine alike).
@@ -121,39 +120,11 @@ class CaffeConv(nn.Module):
     )(x)
 
 
-def _lax_conv_signature(rewrite):
-  """Gives `rewrite(lhs, rhs, padding, rates, precision)` the signature of
-  `lax.conv_general_dilated` (what flax's nn.Conv calls), refusing the cases it does not cover:
-  anything but NHWC x HWIO, stride 1, no input dilation, no feature groups.
-  """
-
-  @functools.wraps(rewrite)
-  def conv(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-  ):
-    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    if (
-      tuple(window_strides) != (1, 1)
-      or (lhs_dilation is not None and tuple(lhs_dilation) != (1, 1))
-      or dimension_numbers != nhwc
-      or feature_group_count != 1
-    ):
-      raise ValueError(f"{rewrite.__name__} needs NHWC x HWIO, stride 1, no groups.")
-    return rewrite(lhs, rhs, tuple(padding), tuple(rhs_dilation or (1, 1)), precision)
-
-  return conv
+_STRIDE_1_ONLY = "The atrous rewrites need NHWC x HWIO, explicit padding, stride 1, no groups."
 
 
-@_lax_conv_signature
-def conv_by_phases(lhs, rhs, padding, rates, precision):
+@lax_conv.lax_conv_signature(strided=False, unsupported=_STRIDE_1_ONLY)
+def conv_by_phases(lhs, rhs, strides, padding, rates, precision):
   """`lax.conv_general_dilated` of a dilated conv, computed as a dense conv over phases.
 
   Output pixel (y, x) reads padded-input pixels (y + i * rate, x + j * rate), all in phase
@@ -186,8 +157,8 @@ def conv_by_phases(lhs, rhs, padding, rates, precision):
   return y.reshape(batch, phase_h * rate_h, phase_w * rate_w, features)[:, :out_h, :out_w]
 
 
-@_lax_conv_signature
-def conv_by_taps(lhs, rhs, padding, rates, precision):
+@lax_conv.lax_conv_signature(strided=False, unsupported=_STRIDE_1_ONLY)
+def conv_by_taps(lhs, rhs, strides, padding, rates, precision):
   """`lax.conv_general_dilated` as one matmul per kernel tap, over the pixels the tap reads.
 
   Tap (i, j) adds input[y + i * rate - top, x + j * rate - left] @ kernel[i, j] to output (y, x)
