@@ -114,6 +114,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   flags_ = flags.FLAGS
+  if flags_.steps < 1:
+    raise app.UsageError(f"--steps {flags_.steps}: time at least one call (5 or more).")
   print(
     f"{jax.devices()[0].device_kind} ({host.usable_cores()} cores), jax {jax.__version__}; "
     f"ResNet-101 + ASPP convs at {flags_.image_size}px, batch {flags_.batch}, float32; "

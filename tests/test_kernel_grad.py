@@ -181,10 +181,18 @@ def test_auto_uses_taps_on_cpus_only():
 
 
 def test_auto_limits_taps_to_wide_convs_and_explicit_taps_do_not():
+  wide = CPU_TAPS_MIN_FEATURES
   auto = conv_method(_model_config(), platform="cpu")
-  assert auto == layers.ConvMethod("taps", "taps", taps_min_features=CPU_TAPS_MIN_FEATURES)
+  assert auto == layers.ConvMethod("taps", "taps", wide, wide)
   explicit = conv_method(_model_config(atrous_conv="taps", conv_kernel_grad="taps"), "cpu")
-  assert explicit == layers.ConvMethod("taps", "taps", taps_min_features=0)
+  assert explicit == layers.ConvMethod("taps", "taps", 0, 0)
+  # One field explicit, the other 'auto': the threshold follows the 'auto' one only.
+  mixed = conv_method(_model_config(atrous_conv="taps"), platform="cpu")
+  assert mixed == layers.ConvMethod("taps", "taps", 0, wide)
+  mixed = conv_method(_model_config(conv_kernel_grad="taps"), platform="gpu")
+  assert mixed == layers.ConvMethod("space_to_batch", "taps", 0, 0)
+  mixed = conv_method(_model_config(atrous_conv="taps"), platform="gpu")
+  assert mixed == layers.ConvMethod("taps", "native", 0, 0)
   assert conv_method(_model_config(), platform="gpu") == layers.ConvMethod("space_to_batch")
   assert conv_method(_model_config(), platform="tpu") == layers.ConvMethod()
 
@@ -196,7 +204,7 @@ def test_auto_limits_taps_to_wide_convs_and_explicit_taps_do_not():
 def test_taps_apply_to_wide_convs_and_every_1x1_kernel_gradient(
   in_features, kernel_size, dilation, want_custom_grad, want_taps_forward
 ):
-  method = layers.ConvMethod("taps", "taps", taps_min_features=8)
+  method = layers.ConvMethod("taps", "taps", atrous_min_features=8, kernel_grad_min_features=8)
   conv = layers.CaffeConv(3, kernel_size, dilation=dilation, conv_method=method)
   x = jnp.ones((1, 6, 6, in_features))
   variables = conv.init(jax.random.key(0), x)

@@ -1,7 +1,5 @@
 """Model registry: config.model -> a segmentation network (backbone, embedding head, classifier)."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -98,18 +96,24 @@ def conv_method(
 ) -> layers.ConvMethod:
   """config.model's convolution choices, 'auto' resolved for `platform` (default: JAX's).
 
-  Where an 'auto' picks taps (CPUs), they apply to convs with at least CPU_TAPS_MIN_FEATURES
-  input channels: on narrower ones XLA's own convolutions are faster (BENCHMARKS.md).
+  Where a field's 'auto' picks taps (CPUs), they apply to convs with at least
+  CPU_TAPS_MIN_FEATURES input channels: on narrower ones XLA's own convolutions are faster
+  (BENCHMARKS.md). An explicit 'taps' applies to every conv.
   """
   atrous_conv = model_config.get("atrous_conv", "auto")
   kernel_grad = model_config.get("conv_kernel_grad", "auto")
-  method = layers.ConvMethod(
-    atrous=atrous_method(atrous_conv, platform),
-    kernel_grad=kernel_grad_method(kernel_grad, platform),
+  atrous = atrous_method(atrous_conv, platform)
+  grad = kernel_grad_method(kernel_grad, platform)
+
+  def min_features(field_value, method):
+    return CPU_TAPS_MIN_FEATURES if field_value == "auto" and method == "taps" else 0
+
+  return layers.ConvMethod(
+    atrous=atrous,
+    kernel_grad=grad,
+    atrous_min_features=min_features(atrous_conv, atrous),
+    kernel_grad_min_features=min_features(kernel_grad, grad),
   )
-  if "auto" in (atrous_conv, kernel_grad) and "taps" in (method.atrous, method.kernel_grad):
-    method = dataclasses.replace(method, taps_min_features=CPU_TAPS_MIN_FEATURES)
-  return method
 
 
 def create_model(

@@ -1,9 +1,9 @@
 """Convolutions whose kernel gradient is one matmul per kernel tap.
 
 XLA:CPU computes a convolution's kernel gradient as another convolution, whose "kernel" is the
-activation map, at about a third of its matmul speed (BENCHMARKS.md: 295 ms for a 3x3 512->512
-conv at 41x41, batch 2, against 102 ms as taps; 92 against 13 ms for a 1x1 2048->512). Per tap the
-gradient is a plain matmul over the output pixels whose input that tap reads:
+activation map, at a third of its matmul speed or worse (BENCHMARKS.md, batch 2 at 41x41: 308 ms
+for a 3x3 512->512 conv against 101 ms as taps; 793 against 76 ms for a 1x1 1024->2048). Per
+tap the gradient is a plain matmul over the output pixels whose input that tap reads:
 
   dK[i, j] = sum over (b, y, x) of input[b, y * s + i * d - top, x * s + j * d - left]^T
                                    @ grad[b, y, x]

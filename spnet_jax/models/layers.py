@@ -59,14 +59,20 @@ class ConvMethod:
     kernel_grad: how the kernel gradient is computed: 'native' (autodiff of the forward) or
       'taps' (`kernel_grad.kernel_grad_by_taps`: one matmul per tap; XLA:CPU's kernel-gradient
       convolution runs at a third of its matmul speed).
-    taps_min_features: the 'taps' choices apply to convs with at least this many input
-      channels (and to every 1x1 kernel gradient, a single matmul); narrower convs run
-      natively, since per-tap matmuls that narrow cost more than they save.
+    atrous_min_features: `atrous` applies to convs with at least this many input channels;
+      narrower ones run XLA's dilated convolution ('auto' sets it on CPUs, where per-tap
+      matmuls that narrow cost more than they save).
+    kernel_grad_min_features: likewise for `kernel_grad`, except that a 1x1 kernel gradient
+      (a single matmul either way) always follows `kernel_grad`.
+
+  'taps' kernel gradients are a custom VJP: reverse-mode autodiff only (jax.grad, jax.vjp),
+  no jax.jvp / jacfwd through such a conv.
   """
 
   atrous: str = "dilated"
   kernel_grad: str = "native"
-  taps_min_features: int = 0
+  atrous_min_features: int = 0
+  kernel_grad_min_features: int = 0
 
   def __post_init__(self):
     if self.atrous not in ATROUS_CONVS:
@@ -98,11 +104,13 @@ class CaffeConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     method = self.conv_method
-    wide = x.shape[-1] >= method.taps_min_features
+    in_features = x.shape[-1]
     conv_fn = None
-    if self.dilation > 1 and self.stride == 1 and (method.atrous != "taps" or wide):
+    if self.dilation > 1 and self.stride == 1 and in_features >= method.atrous_min_features:
       conv_fn = ATROUS_METHODS[method.atrous]
-    if method.kernel_grad == "taps" and (wide or self.kernel_size == 1):
+    if method.kernel_grad == "taps" and (
+      in_features >= method.kernel_grad_min_features or self.kernel_size == 1
+    ):
       conv_fn = kernel_grad.with_kernel_grad_by_taps(conv_fn)
     return nn.Conv(
       self.features,
