@@ -20,10 +20,9 @@ import numpy as np
 from absl import app, flags
 
 from spnet_jax import host
-from spnet_jax.models import kernel_grad, layers
+from spnet_jax.models import kernel_grad, lax_conv, layers
 from spnet_jax.timing import time_calls
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
 _STAGE_BLOCKS = (3, 4, 23, 3)  # ResNet-101: bottlenecks in layer2..layer5.
 _ASPP_RATES = (6, 12, 18, 24)
 
@@ -74,14 +73,14 @@ def _conv_fns(shape: ConvShape):
   )
 
   def native(x, kernel):
-    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _NHWC)
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, lax_conv.NHWC)
     return jax.lax.conv_general_dilated(x, kernel, dimension_numbers=numbers, **kwargs)
 
   forward = layers.conv_by_taps if shape.dilation > 1 and shape.stride == 1 else None
   with_taps = kernel_grad.with_kernel_grad_by_taps(forward)
 
   def taps(x, kernel):
-    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _NHWC)
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, lax_conv.NHWC)
     return with_taps(x, kernel, dimension_numbers=numbers, **kwargs)
 
   return native, taps

@@ -68,12 +68,8 @@ def atrous_method(atrous_conv: str, platform: str | None = None) -> str:
   maps; conv_method limits it to wide convs); and 'dilated' elsewhere (XLA:TPU handles dilation
   itself). Every method gives the same numbers (tests/test_atrous.py).
   """
-  if atrous_conv not in ATROUS_CONVS:
-    raise ValueError(f"Unknown config.model.atrous_conv {atrous_conv!r}; valid: {ATROUS_CONVS}.")
-  if atrous_conv == "auto":
-    by_platform = {"gpu": "space_to_batch", "cpu": "taps"}
-    return by_platform.get(platform or jax.default_backend(), "dilated")
-  return atrous_conv
+  auto = {"gpu": "space_to_batch", "cpu": "taps"}
+  return _resolve("atrous_conv", atrous_conv, ATROUS_CONVS, auto, "dilated", platform)
 
 
 def kernel_grad_method(kernel_grad: str, platform: str | None = None) -> str:
@@ -82,13 +78,17 @@ def kernel_grad_method(kernel_grad: str, platform: str | None = None) -> str:
   'auto' is 'taps' on CPUs, where XLA's kernel-gradient convolution runs at about a third of
   its matmul speed (BENCHMARKS.md), and 'native' elsewhere.
   """
-  if kernel_grad not in KERNEL_GRADS:
-    raise ValueError(
-      f"Unknown config.model.conv_kernel_grad {kernel_grad!r}; valid: {KERNEL_GRADS}."
-    )
-  if kernel_grad == "auto":
-    return "taps" if (platform or jax.default_backend()) == "cpu" else "native"
-  return kernel_grad
+  auto = {"cpu": "taps"}
+  return _resolve("conv_kernel_grad", kernel_grad, KERNEL_GRADS, auto, "native", platform)
+
+
+def _resolve(field, value, choices, auto_by_platform, auto_default, platform):
+  """config.model.<field>'s `value`, checked against `choices`, with 'auto' picked per platform."""
+  if value not in choices:
+    raise ValueError(f"Unknown config.model.{field} {value!r}; valid: {choices}.")
+  if value == "auto":
+    return auto_by_platform.get(platform or jax.default_backend(), auto_default)
+  return value
 
 
 def conv_method(

@@ -182,11 +182,11 @@ def conv_by_taps(lhs, rhs, strides, padding, rates, precision):
   for i in range(rhs.shape[0]):
     # Output rows y0..y1-1 read input rows y0 + shift .. y1 - 1 + shift, all inside the image.
     shift_h = i * rate_h - top
-    y0, y1 = max(0, -shift_h), min(out_h, height - shift_h)
+    y0, y1 = kernel_grad.tap_range(shift_h, 1, height, out_h)
     for j in range(rhs.shape[1]):
       shift_w = j * rate_w - left
-      x0, x1 = max(0, -shift_w), min(out_w, width - shift_w)
-      if y0 >= y1 or x0 >= x1:
+      x0, x1 = kernel_grad.tap_range(shift_w, 1, width, out_w)
+      if y0 == y1 or x0 == x1:
         continue
       window = lhs[:, y0 + shift_h : y1 + shift_h, x0 + shift_w : x1 + shift_w]
       # Partial sums stay float32 (one conv accumulates all taps in float32 too).
