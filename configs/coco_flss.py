@@ -1,4 +1,4 @@
-"""SPNet few-label stage two on COCO-Stuff (FLSS / GFLSS), the recipe of configs/voc_flss.py.
+"""SPNet few-label stage two on COCO-Stuff (FLSS / GFLSS): configs/voc_flss.py's recipe, 5 x 2.
 
 Run after configs/coco_zlss.py (its workdir is the starting point):
   python -m spnet_jax.main --config configs/coco_flss.py --workdir /tmp/spnet_coco_flss1 \
@@ -12,5 +12,5 @@ from configs import coco_zlss, voc_flss
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """COCO-Stuff FLSS."""
+  """COCO-Stuff FLSS: batch 5 x 2 accumulation steps, as config/cocostuff/FLSS.yaml."""
   return voc_flss.few_label_stage(coco_zlss.get_config())

@@ -20,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.name = "coco_stuff"
   config.train.batch_size = 10  # 5 images x 2 accumulation steps per update.
   config.train.accumulation_steps = 2
-  config.train.num_steps = 20000  # The paper evaluates at 20k (of 100k) iterations.
+  config.train.num_steps = 20000  # The paper evaluates at 20k (of 100k) iterations...
+  config.optimizer.schedule_steps = 100000  # ...of a poly schedule over ITER_MAX = 100k.
   config.data.eval.label_canvas = 640  # full_resolution: COCO images are at most 640x640.
   config.eval.gamma = 0.4  # Official COCO-Stuff calibration factor.
   return config

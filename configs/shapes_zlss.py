@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Calibration run (SPNet's --excludeval): train on seen classes only, treat the val classes as
   # unseen, and write calibration.json with the gamma sweep on them (the test classes stay out).
   data.hold_out_val_classes = False
+  # SPNet's --excludeval: the val classes are ignored in training and evaluation (seen vs unseen
+  # still scored). Its last VAL_SIZE training images can be dropped with data.train_split.
+  data.exclude_val_classes = False
   data.cache = True  # Keep decoded training images in memory (small datasets only).
   data.shuffle_buffer = 2048  # Examples in the shuffle buffer.
   data.init_image_size = 64  # Image side used to initialise parameters (any valid size).
@@ -35,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.train.max_scale = 1.0
   data.train.crop_size = 0  # Pad (ignore label) and random-crop to this size (0: off).
   data.train.flip = True  # Random horizontal flip.
+  # With warp_size and a rescale: False resizes twice as SPNet does (warp, then rescale: its
+  # exact pixels); True resizes once from the source to the scaled size (faster input).
+  data.train.fused_resize = False
   data.eval = ml_collections.ConfigDict()
   data.eval.warp_size = 0  # Network input warped to this square size (0: native resolution).
   # With warp_size: False scores labels warped to warp_size (SPNet's protocol); True upsamples
@@ -58,6 +64,13 @@ def get_config() -> ml_collections.ConfigDict:
   fs.lists = ""  # Per-class image lists JSON ('' builds them once beside the dataset).
   fs.spnet_pickle = ""  # VOC: SPNet's inverse_dict_train.pkl for its exact lists...
   fs.spnet_train_ids = ""  # ...with its train_ids.txt.
+  # 'spnet': SPNet's pool, one entry per draw in its order (seen, val, then novel classes), so an
+  # image drawn for several seen classes is sampled once per class; 'distinct': each image (and
+  # novel tag) once, the seen classes drawn in id order.
+  fs.pool_entries = "distinct"
+  # True continues the zero-label run's optimiser state (SGD momentum), as SPNet's
+  # --continue-from does; False starts stage two with a fresh optimiser. The schedule restarts.
+  fs.keep_optimizer_state = False
 
   # Self-training (transductive zero-label, as SPNet+ST / STRICT): from a zero-label run, ignore
   # pixels get unseen-class pseudo-labels where the model is most confident.
@@ -99,6 +112,8 @@ def get_config() -> ml_collections.ConfigDict:
   opt.warmup_steps = 100  # Linear warm-up (warmup_cosine).
   opt.final_lr_fraction = 0.01  # warmup_cosine ends at base_lr times this.
   opt.poly_power = 0.9  # Exponent of the poly schedule.
+  opt.schedule_steps = 0  # Steps the schedule decays over (SPNet's ITER_MAX); 0: train.num_steps.
+  opt.schedule_update_every = 1  # Hold the rate for this many steps (SPNet's poly: 10).
   opt.momentum = 0.9  # SGD momentum.
   opt.adam_b1 = 0.9
   opt.adam_b2 = 0.999

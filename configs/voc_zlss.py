@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   opt.base_lr = 2.5e-4
   opt.schedule = "poly"
   opt.poly_power = 0.9
+  opt.schedule_steps = 20000  # ITER_MAX of config/voc12/ZLSS.yaml.
+  opt.schedule_update_every = 10  # poly_lr_scheduler's lr_decay_iter.
   opt.momentum = 0.9
   opt.weight_decay = 5e-4
   opt.decay_biases = False

@@ -29,9 +29,10 @@ _CHOICES = {
   "loss.label_resolution": losses.LABEL_RESOLUTIONS,
   "optimizer.name": optimizer.OPTIMIZERS,
   "optimizer.schedule": optimizer.SCHEDULES,
+  "fewshot.pool_entries": ("spnet", "distinct"),
 }
 # Fields newer than some saved run configs (workdir/config.json); absent means the default.
-_ADDED_LATER = ("model.atrous_conv", "model.conv_kernel_grad")
+_ADDED_LATER = ("model.atrous_conv", "model.conv_kernel_grad", "fewshot.pool_entries")
 _POSITIVE = (
   "train.batch_size",
   "train.num_steps",
@@ -96,6 +97,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       "needs data.eval.warp_size (network input size) and data.eval.label_canvas (>= the "
       "largest image side, e.g. 640 for COCO-Stuff, 500 for VOC).",
     )
+  horizon = config.optimizer.get("schedule_steps", 0)
+  if horizon < 0 or 0 < horizon < config.train.num_steps:
+    fail(
+      "optimizer.schedule_steps",
+      f"must be 0 (= train.num_steps) or >= train.num_steps ({config.train.num_steps}): a "
+      "shorter schedule ends at rate 0 before training does.",
+    )
+  if config.optimizer.get("schedule_update_every", 1) < 1:
+    fail("optimizer.schedule_update_every", "must be >= 1 (1: a new rate every step).")
   missing = set(optimizer.GROUPS) - set(config.optimizer.lr_multipliers)
   if missing:
     fail("optimizer.lr_multipliers", f"lacks the groups {sorted(missing)}.")
@@ -103,6 +113,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("eval.test_split", "the test split must differ from data.train_split.")
   if config.data.hold_out_val_classes and not config.eval.calibration_split:
     fail("data.hold_out_val_classes", "a calibration run needs eval.calibration_split to sweep on.")
+  if config.data.hold_out_val_classes and config.data.get("exclude_val_classes", False):
+    fail(
+      "data.exclude_val_classes",
+      "excluding the val classes (--excludeval) and holding them out as unseen exclude each other.",
+    )
   if config.data.hold_out_val_classes and config.eval.gamma_file:
     fail("eval.gamma_file", "a calibration run chooses gamma itself; leave eval.gamma_file ''.")
   if not 0.0 <= config.selftrain.fraction <= 1.0:

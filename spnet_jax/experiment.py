@@ -67,7 +67,9 @@ def create_setup(config: ml_collections.ConfigDict) -> RunSetup:
 def run_split(config: ml_collections.ConfigDict) -> splits.ClassSplit:
   """The class split a run trains and evaluates on (val held out as unseen in a calibration run)."""
   split = splits.get_split(config.data.name, config.data.split)
-  return split.holding_out_val() if config.data.get("hold_out_val_classes") else split
+  if config.data.get("hold_out_val_classes"):
+    return split.holding_out_val()
+  return split.excluding_val() if config.data.get("exclude_val_classes") else split
 
 
 def create_pool(
@@ -81,7 +83,15 @@ def create_pool(
     lists = fewshot.load_or_build_class_image_lists(
       builder, config.data.train_split, split.num_classes, cfg.lists
     )
-  pool = fewshot.build_pool(lists, split, cfg.n, cfg.offset)
+  spnet_pool = cfg.get("pool_entries", "distinct") == "spnet"
+  pool = fewshot.build_pool(
+    lists,
+    split,
+    cfg.n,
+    cfg.offset,
+    keep_duplicates=spnet_pool,
+    seen_draw_order=split.seen + split.val if spnet_pool else None,
+  )
   logging.info(
     "Few-label pool: n=%d, offset=%d, %d entries (seen and novel classes %s).",
     pool.n,
@@ -115,7 +125,8 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   state = jax.jit(init, out_shardings=replicated)(rng)
   start_workdir = config.fewshot.init_workdir or config.selftrain.init_workdir
   if start_workdir:
-    state = start_from_zero_label_run(state, abstract, start_workdir, setup.tx)
+    keep = bool(config.fewshot.n and config.fewshot.get("keep_optimizer_state", False))
+    state = start_from_zero_label_run(state, abstract, start_workdir, setup.tx, keep)
   elif config.model.init_checkpoint:
     state = pretrained.load_into_state(state, config, setup.tx)
   count = sum(x.size for x in jax.tree.leaves(state.params))
@@ -123,8 +134,21 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   return state
 
 
-def start_from_zero_label_run(state, abstract, source: str, tx):
-  """Few-label or self-training stage: the zero-label run's weights, fresh optimiser, step 0."""
+def start_from_zero_label_run(state, abstract, source: str, tx, keep_optimizer_state: bool = False):
+  """Few-label or self-training stage: the zero-label run's weights at step 0.
+
+  Args:
+    state: the freshly initialised state of this stage.
+    abstract: its abstract state (shapes and shardings) to restore into.
+    source: the zero-label run's workdir (its latest checkpoint is used).
+    tx: this stage's optimiser.
+    keep_optimizer_state: continue the zero-label run's optimiser state (SGD momentum), as
+      SPNet's --continue-from does, with the learning-rate schedule back at step 0; False
+      starts from a fresh optimiser state.
+
+  Returns:
+    The state to train from.
+  """
   manager = checkpoint.create_manager(source, max_to_keep=1)
   try:
     restored = checkpoint.restore(manager, abstract)
@@ -135,10 +159,17 @@ def start_from_zero_label_run(state, abstract, source: str, tx):
       f"{source!r} (config.fewshot/selftrain.init_workdir) holds no checkpoint: train the "
       "zero-label model there first (the same config without fewshot / selftrain)."
     )
-  logging.info("Few-label training starts from %s, step %d.", source, int(restored.step))
-  return state.replace(
-    params=restored.params, frozen=restored.frozen, opt_state=jax.jit(tx.init)(restored.params)
+  logging.info(
+    "Stage two starts from %s, step %d, with %s optimiser state.",
+    source,
+    int(restored.step),
+    "its" if keep_optimizer_state else "a fresh",
   )
+  if keep_optimizer_state:
+    opt_state = optim.restart_schedule(restored.opt_state)
+  else:
+    opt_state = jax.jit(tx.init)(restored.params)
+  return state.replace(params=restored.params, frozen=restored.frozen, opt_state=opt_state)
 
 
 def create_eval_tasks(setup: RunSetup) -> evaluate.EvalTasks:

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spnet_jax.data.splits import IGNORE_LABEL
 from spnet_jax.models import msc
@@ -56,12 +57,22 @@ def hinge_visual_semantic_loss(
   return _valid_mean(jax.nn.relu(margin + wrong_score - true_score), valid)
 
 
+def nearest_source_indices(in_size: int, out_size: int) -> np.ndarray:
+  """OpenCV's INTER_NEAREST rule: output i reads input floor(i * (1 / (out / in))), in float64.
+
+  SPNet resizes its training labels to each output with cv2.resize(..., INTER_NEAREST); the
+  reciprocal is taken as OpenCV takes it, so that the floors fall where OpenCV's do.
+  """
+  step = 1.0 / (out_size / in_size)
+  return np.minimum(np.floor(np.arange(out_size) * step).astype(np.int64), in_size - 1)
+
+
 def resize_labels_nearest(labels: jax.Array, height: int, width: int) -> jax.Array:
-  """Nearest-neighbour label resize with PIL's rule: source index floor((i + 0.5) * in / out)."""
+  """Nearest-neighbour resize of [B, H, W] labels to [B, height, width] (OpenCV's rule)."""
   in_h, in_w = labels.shape[1:3]
-  rows = jnp.floor((jnp.arange(height) + 0.5) * in_h / height).astype(jnp.int32)
-  cols = jnp.floor((jnp.arange(width) + 0.5) * in_w / width).astype(jnp.int32)
-  return labels[:, jnp.minimum(rows, in_h - 1)][:, :, jnp.minimum(cols, in_w - 1)]
+  rows = nearest_source_indices(in_h, height)
+  cols = nearest_source_indices(in_w, width)
+  return labels[:, rows][:, :, cols]
 
 
 def segmentation_loss(

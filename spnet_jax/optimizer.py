@@ -2,6 +2,7 @@
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -28,17 +29,45 @@ def param_groups(params) -> dict:
 def create_learning_rate_schedule(
   config: ml_collections.ConfigDict, num_steps: int
 ) -> optax.Schedule:
-  """Base learning-rate schedule of config.optimizer over `num_steps` updates."""
+  """Base learning-rate schedule of config.optimizer.
+
+  Args:
+    config: config.optimizer. Its `schedule_steps` (the horizon the schedule decays over) defaults
+      to `num_steps` when 0, and `schedule_update_every` holds the rate for that many steps.
+    num_steps: the updates the run makes.
+
+  Returns:
+    step -> base learning rate.
+  """
   cfg = config
+  horizon = cfg.get("schedule_steps", 0) or num_steps
+  every = cfg.get("schedule_update_every", 1) or 1
+  schedule = _base_schedule(cfg, horizon)
+  if every == 1:
+    return schedule
+  # SPNet's poly_lr_scheduler sets the rate only at steps that are multiples of 10.
+  return lambda step: schedule(step // every * every)
+
+
+def poly_rate(step, base_lr: float, horizon: int, power: float) -> jax.Array:
+  """DeepLab's poly: base * (1 - step / horizon) ** power, 0 from the horizon on.
+
+  The remaining steps are counted in integers first: 1 - step / horizon in float32 loses five
+  digits near the end of a 100k-step schedule; (horizon - step) / horizon keeps them.
+  """
+  remaining = jnp.clip(horizon - jnp.asarray(step, jnp.int32), 0, horizon)
+  return base_lr * (remaining.astype(jnp.float32) / horizon) ** power
+
+
+def _base_schedule(cfg: ml_collections.ConfigDict, horizon: int) -> optax.Schedule:
   if cfg.schedule == "poly":
-    # DeepLab's poly: base * (1 - step / max_steps) ** power.
-    return optax.polynomial_schedule(cfg.base_lr, 0.0, cfg.poly_power, num_steps)
+    return lambda step: poly_rate(step, cfg.base_lr, horizon, cfg.poly_power)
   if cfg.schedule == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(
       0.0,
       cfg.base_lr,
       max(cfg.warmup_steps, 1),
-      max(num_steps, cfg.warmup_steps + 1),
+      max(horizon, cfg.warmup_steps + 1),
       end_value=cfg.base_lr * cfg.final_lr_fraction,
     )
   if cfg.schedule == "constant":
@@ -87,6 +116,22 @@ def create_optimizer(
   if config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx
+
+
+def restart_schedule(opt_state):
+  """The optimiser state with every learning-rate schedule back at step 0, momentum kept.
+
+  SPNet's few-label stage loads the zero-label run's optimiser (its momentum buffers) and starts
+  its own poly schedule from step 0.
+  """
+  is_schedule = lambda node: isinstance(node, optax.ScaleByScheduleState)
+  return jax.tree.map(
+    lambda node: (
+      node._replace(count=jax.numpy.zeros_like(node.count)) if is_schedule(node) else node
+    ),
+    opt_state,
+    is_leaf=is_schedule,
+  )
 
 
 def current_learning_rate(

@@ -3,7 +3,7 @@
 Both frameworks start from one random state dict in deeplab-pytorch's layout: PyTorch runs it
 through spnet_jax/torch_reference.py, JAX through spnet_jax.convert. The step matches the JAX
 one: SPNet MSC outputs, cross-entropy (ignore 255) on each, labels nearest-resized to each
-output with the same half-pixel rule, summed; frozen BatchNorm; SGD with momentum;
+output with the same (OpenCV) nearest rule, summed; frozen BatchNorm; SGD with momentum;
 gradient accumulation over every k-th image. torch is imported only here.
 """
 
@@ -53,12 +53,14 @@ def converted_variables(config: ml_collections.ConfigDict, embedding_dim: int) -
 
 
 def _nearest_labels(labels, height: int, width: int):
-  """Half-pixel nearest resize (the rule spnet_jax.losses uses), by index gathering."""
+  """OpenCV's nearest resize (SPNet's rule, and spnet_jax.losses'), by index gathering."""
   import torch
 
+  from spnet_jax.losses import nearest_source_indices
+
   in_h, in_w = labels.shape[1:]
-  rows = torch.clamp(((torch.arange(height) + 0.5) * in_h / height).floor().long(), max=in_h - 1)
-  cols = torch.clamp(((torch.arange(width) + 0.5) * in_w / width).floor().long(), max=in_w - 1)
+  rows = torch.from_numpy(nearest_source_indices(in_h, height))
+  cols = torch.from_numpy(nearest_source_indices(in_w, width))
   return labels[:, rows][:, :, cols]
 
 

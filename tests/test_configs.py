@@ -68,9 +68,11 @@ def test_vgg_recipe(name):
   assert (config.optimizer.name, config.optimizer.base_lr) == ("adam", 1e-4)
 
 
-@pytest.mark.parametrize("name", ["voc_flss", "coco_flss"])
-def test_few_label_recipe(name):
+@pytest.mark.parametrize(("name", "accumulation"), [("voc_flss", 1), ("coco_flss", 2)])
+def test_few_label_recipe(name, accumulation):
   config = importlib.import_module(f"configs.{name}").get_config()
   assert config.fewshot.n == 1
   assert (config.train.num_steps, config.optimizer.base_lr) == (2000, 1e-4)
-  assert (config.train.batch_size, config.train.accumulation_steps) == (10, 2)
+  assert config.optimizer.schedule_steps == 2000
+  assert (config.train.batch_size, config.train.accumulation_steps) == (10, accumulation)
+  assert config.fewshot.pool_entries == "spnet" and config.fewshot.keep_optimizer_state

@@ -80,35 +80,38 @@ def test_normalize_image_unknown_mode():
     pipeline.normalize_image(tf.zeros((2, 2, 3), tf.uint8), "bgr")
 
 
-def test_pad_to_at_least():
+def test_centred_padding_puts_the_smaller_half_on_top_and_left():
+  # SPNet: top = pad // 2, bottom = pad - pad // 2 (the same for left / right).
+  np.testing.assert_array_equal(pipeline.centred_padding([3, 5], 4).numpy(), [[0, 1], [0, 0]])
+  np.testing.assert_array_equal(pipeline.centred_padding([3, 5], 6).numpy(), [[1, 2], [0, 1]])
+  np.testing.assert_array_equal(pipeline.centred_padding([7, 9], 6).numpy(), [[0, 0], [0, 0]])
+
+
+def test_pad_and_crop():
   image = tf.fill((3, 5, 3), 7.0)
   label = tf.fill((3, 5), 4)
-  padded_image, padded_label = pipeline.pad_to_at_least(image, label, 4)
-  padded_image, padded_label = padded_image.numpy(), padded_label.numpy()
-  assert padded_image.shape == (4, 5, 3) and padded_label.shape == (4, 5)
-  np.testing.assert_array_equal(padded_image[:3], 7.0)
-  np.testing.assert_array_equal(padded_image[3], 0.0)
-  np.testing.assert_array_equal(padded_label[:3], 4)
-  np.testing.assert_array_equal(padded_label[3], IGNORE)
-  # Both sides too small: bottom and right.
-  padded_image, padded_label = pipeline.pad_to_at_least(image, label, 6)
-  assert padded_label.shape == (6, 6)
+  padding = pipeline.centred_padding([3, 5], 6)  # [[1, 2], [0, 1]] -> 6 x 6.
+  padded_image, padded_label = pipeline.pad_and_crop(image, label, padding, [0, 0], 6)
   expected = np.full((6, 6), IGNORE)
-  expected[:3, :5] = 4
+  expected[1:4, 0:5] = 4
   np.testing.assert_array_equal(padded_label.numpy(), expected)
   np.testing.assert_array_equal(padded_image.numpy()[..., 0], np.where(expected == 4, 7.0, 0.0))
-  # Already large enough: unchanged.
-  same_image, same_label = pipeline.pad_to_at_least(image, label, 2)
-  assert same_image.shape == (3, 5, 3) and same_label.shape == (3, 5)
+  crop_image, crop_label = pipeline.pad_and_crop(image, label, padding, [2, 1], 3)
+  np.testing.assert_array_equal(crop_label.numpy(), expected[2:5, 1:4])
+  assert crop_image.shape == (3, 3, 3)
 
 
-def test_random_crop_keeps_alignment():
+def test_random_crop_offsets_cover_every_placement_and_keep_alignment():
   label = np.arange(12 * 10, dtype=np.int32).reshape(12, 10)
   image = np.stack([label, -label, label * 2], axis=-1).astype(np.float32)
+  no_padding = tf.zeros([2, 2], tf.int32)
   offsets = set()
-  for s in range(12):
+  for s in range(40):
     seed = tf.constant([s, 3 * s + 1], tf.int64)
-    crop_image, crop_label = pipeline.random_crop(tf.constant(image), tf.constant(label), seed, 6)
+    offset = pipeline.draw_crop_offset(seed, [12, 10], 6)
+    crop_image, crop_label = pipeline.pad_and_crop(
+      tf.constant(image), tf.constant(label), no_padding, offset, 6
+    )
     crop_image, crop_label = crop_image.numpy(), crop_label.numpy()
     assert crop_image.shape == (6, 6, 3) and crop_label.shape == (6, 6)
     np.testing.assert_array_equal(crop_image[..., 0], crop_label)
@@ -116,7 +119,7 @@ def test_random_crop_keeps_alignment():
     assert 0 <= y <= 6 and 0 <= x <= 4
     np.testing.assert_array_equal(crop_label, label[y : y + 6, x : x + 6])
     offsets.add((y, x))
-  assert len(offsets) > 3
+  assert len(offsets) > 10
 
 
 def test_random_flip_flips_both_together():
@@ -279,19 +282,19 @@ def test_eval_preprocess_warp_and_mask():
   out = pipeline.eval_preprocess(example, config, table)
   assert out["image"].shape == (24, 24, 3) and out["label"].shape == (24, 24)
   assert bool(out["mask"].numpy())
-  # 48 -> 24 nearest picks the odd source pixels.
+  # 48 -> 24 nearest picks the even source pixels (OpenCV's rule, floor(i * 2)).
   np.testing.assert_array_equal(
-    out["label"].numpy(), table[block_example(2)["label"][1::2, 1::2, 0]]
+    out["label"].numpy(), table[block_example(2)["label"][0::2, 0::2, 0]]
   )
 
 
 @pytest.mark.parametrize("size", [(7, 5), (33, 40), (48, 48), (100, 13)])
-def test_resize_label_nearest_uses_pils_half_pixel_rule(size):
+def test_resize_label_nearest_uses_opencvs_rule(size):
   rng = np.random.default_rng(1)
   label = rng.integers(0, 256, size=(21, 17)).astype(np.uint8)
   out = pipeline.resize_label_nearest(tf.constant(label), size).numpy()
-  rows = [min(int(np.floor((i + 0.5) * 21 / size[0])), 20) for i in range(size[0])]
-  cols = [min(int(np.floor((j + 0.5) * 17 / size[1])), 16) for j in range(size[1])]
+  rows = [min(int(np.floor(i * 21 / size[0])), 20) for i in range(size[0])]
+  cols = [min(int(np.floor(j * 17 / size[1])), 16) for j in range(size[1])]
   np.testing.assert_array_equal(out, label[np.ix_(rows, cols)])
   assert out.dtype == np.uint8
 

@@ -223,13 +223,17 @@ def build_pool(
   offset: int = 0,
   novel_classes: tuple[int, ...] | None = None,
   seen_classes: tuple[int, ...] | None = None,
+  keep_duplicates: bool = False,
+  seen_draw_order: tuple[int, ...] | None = None,
 ) -> FewShotPool:
   """Draws the n-shot pool: lists[c][offset * 20 : offset * 20 + n] for every seen and novel c.
 
-  An image drawn for several seen classes, or twice for one novel class, appears once; an image
-  drawn for a seen class and for novel class k (or for two novel classes) appears once per tag,
-  since each is labelled differently. A class with fewer than n images in its block gives what it
-  has, and one with none gives nothing (both logged as warnings).
+  With keep_duplicates (SPNet's pools), every draw is an entry: an image drawn for several seen
+  classes is sampled once per class. Otherwise an image drawn for several seen classes appears
+  once. Either way an image drawn for a seen class and for novel class k (or for two novel
+  classes) appears once per tag, since each is labelled differently. A class with fewer than n
+  images in its block gives what it has, and one with none gives nothing (both logged as
+  warnings).
 
   Args:
     lists: {label value: image ids}, e.g. from load_or_build_class_image_lists.
@@ -238,6 +242,9 @@ def build_pool(
     offset: block index i of SPNet's lists (different offsets draw disjoint images).
     novel_classes: default split.unseen.
     seen_classes: default split.train_classes (seen plus val, as in the zero-label model).
+    keep_duplicates: keep repeated (image, tag) draws, in drawing order.
+    seen_draw_order: the order the seen classes are drawn in (default seen_classes); SPNet
+      draws its seen classes, then its val classes, each in the order of its split file.
 
   Returns:
     The pool.
@@ -255,22 +262,26 @@ def build_pool(
     raise ValueError(f"Seen {seen} and novel {novel} classes must be distinct.")
   tags = (SEEN_TAG, *novel)
   start = offset * OFFSET_STRIDE
-  entries: dict[tuple[str, int], PoolEntry] = {}
+  entries: list[PoolEntry] = []
   short, empty = [], []
-  for tag, classes in [(SEEN_TAG, seen)] + [(k, (k,)) for k in novel]:
+  draw_order = seen if seen_draw_order is None else tuple(seen_draw_order)
+  if sorted(draw_order) != sorted(seen):
+    raise ValueError(f"seen_draw_order {draw_order} is not an order of the seen classes {seen}.")
+  for tag, classes in [(SEEN_TAG, draw_order)] + [(k, (k,)) for k in novel]:
     for c in classes:
       drawn = list(lists.get(c, ()))[start : start + n]
       if not drawn:
         empty.append(c)
       elif len(drawn) < n:
         short.append(f"{c} ({len(drawn)})")
-      for image_id in drawn:
-        entries.setdefault((image_id, tag), PoolEntry(image_id, tag, tags.index(tag)))
+      entries.extend(PoolEntry(image_id, tag, tags.index(tag)) for image_id in drawn)
+  if not keep_duplicates:
+    entries = list(dict.fromkeys(entries))  # First draw of each (image, tag) wins.
   if short:
     logging.warning("Few-label pool n=%d offset=%d: short classes %s.", n, offset, short)
   if empty:
     logging.warning("Few-label pool n=%d offset=%d: no images for classes %s.", n, offset, empty)
-  return FewShotPool(tuple(entries.values()), n, offset, seen, novel)
+  return FewShotPool(tuple(entries), n, offset, seen, novel)
 
 
 def pool_label_tables(pool: FewShotPool, table_size: int = 256) -> np.ndarray:
@@ -383,7 +394,7 @@ def create_fewshot_iterator(
     entry = entry_of(index)
     where = entry_slot[entry]
     example = {
-      "image": features["image"].decode_example(images[where]),
+      "image": pipeline.decode_image(images[where]),
       "label": features["label"].decode_example(labels[where]),
     }
     example_seed = tf.stack([tf.constant(seed, tf.int64), index])

@@ -67,6 +67,15 @@ class ClassSplit:
       raise ValueError("This class split has no val classes to hold out for calibration.")
     return ClassSplit(self.class_names, seen=self.seen, val=(), unseen=self.val)
 
+  def excluding_val(self) -> "ClassSplit":
+    """SPNet's --excludeval: the val classes leave the split (ignored in training and scoring).
+
+    Training sees the seen classes only; evaluation still scores seen against unseen.
+    """
+    if not self.val:
+      raise ValueError("This class split has no val classes to exclude.")
+    return ClassSplit(self.class_names, seen=self.seen, val=(), unseen=self.unseen)
+
 
 def _shape_id(name: str) -> int:
   return SHAPES_CLASS_NAMES.index(name)
