@@ -23,7 +23,11 @@ Use:
   reference_oracle.skip_unless_available()  # at module level: skips the test module if absent
   train = reference_oracle.import_original_train()  # get_params, poly_lr_scheduler, ...
   models = reference_oracle.import_original_models()  # libs.models: MSC, DeepLabV2, ...
+  datasets = reference_oracle.import_original_module("libs.datasets.cocostuff")
+  evaluation = reference_oracle.import_original_script("eval")
   with reference_oracle.cuda_as_cpu(): ...
+or, per test, the `original_code` fixture (import it into the test module): the train module,
+skipping the test when the original cannot run.
 """
 
 import contextlib
@@ -49,7 +53,8 @@ def skip_reason() -> str | None:
       f"The official SPNet code is not at {ORIGINAL} (a checkout without the shared reference "
       "folder); the fidelity tests against it are skipped."
     )
-  for module in ("torch", "cv2", "yaml"):
+  # What its train.py / eval.py and libs/ import at module level and that no stand-in replaces.
+  for module in ("torch", "cv2", "yaml", "tqdm", "h5py", "scipy", "PIL"):
     if importlib.util.find_spec(module) is None:
       return f"The official SPNet code needs {module!r}, which is not installed."
   return None
