@@ -38,9 +38,6 @@ def get_config() -> ml_collections.ConfigDict:
   data.train.max_scale = 1.0
   data.train.crop_size = 0  # Pad (ignore label) and random-crop to this size (0: off).
   data.train.flip = True  # Random horizontal flip.
-  # With warp_size and a rescale: False resizes twice as SPNet does (warp, then rescale: its
-  # exact pixels); True resizes once from the source to the scaled size (faster input).
-  data.train.fused_resize = False
   data.eval = ml_collections.ConfigDict()
   data.eval.warp_size = 0  # Network input warped to this square size (0: native resolution).
   # With warp_size: False scores labels warped to warp_size (SPNet's protocol); True upsamples

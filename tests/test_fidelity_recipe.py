@@ -58,7 +58,7 @@ def test_config_matches_the_original_yaml(name, yaml_name):
   assert data.train.crop_size == original["IMAGE"]["SIZE"]["TRAIN"]
   assert data.eval.warp_size == original["IMAGE"]["SIZE"]["TEST"]
   assert data.train.warp_size == 513  # train.py: base_size=513 with WARP_IMAGE.
-  assert original["WARP_IMAGE"] and not data.train.get("fused_resize", False)
+  assert original["WARP_IMAGE"]
   assert (data.train.min_scale, data.train.max_scale) == (0.5, 1.5)  # train.py: scale=(0.5, 1.5)
   assert tuple(config.model.aspp_rates) == tuple(original["PYRAMIDS"])
   assert data.image_mode == "caffe_bgr"

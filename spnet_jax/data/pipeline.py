@@ -195,54 +195,128 @@ def remap_labels(label: tf.Tensor, table: np.ndarray) -> tf.Tensor:
   return tf.gather(tf.constant(table, tf.int32), tf.cast(label, tf.int32))
 
 
-def augment(image, label, cfg: ml_collections.ConfigDict, scale, offset):
-  """SPNet's training geometry without the flip: warp, rescale, pad centred, crop.
+def _resample(image, size, scale, translation) -> tf.Tensor:
+  """Bilinear samples (half-pixel centres, edges clamped) at (i + 0.5 - t) / scale - 0.5.
 
-  As SPNet's data loader does it (cv2.resize to warp_size, cv2.resize by the factor, pad to
-  max(warp_size, crop_size) centred, crop), or with cfg.fused_resize one resize from the source
-  to the scaled size (faster; the same geometry, other pixels).
+  ScaleAndTranslate with the triangle kernel and no antialiasing is cv2's INTER_LINEAR: taps
+  outside the image are dropped and the rest renormalised, which clamps at the edges.
+  """
+  scale = tf.cast(scale, tf.float32)
+  return tf.raw_ops.ScaleAndTranslate(
+    images=image[None],
+    size=size,
+    scale=scale,
+    translation=tf.cast(translation, tf.float32),
+    kernel_type="triangle",
+    antialias=False,
+  )[0]
+
+
+def warped_and_scaled_crop(image, label, cfg, scale, offset, image_mode: str):
+  """SPNet's two resizes, padding and crop, computed over what the crop reads only.
+
+  Equal (labels exactly, images to float rounding) to cv2.resize to warp_size, cv2.resize by
+  `scale`, centred padding to max(warp_size, crop_size) and the crop at the offset, but it warps
+  only the rows and columns of the warped image that the crop's samples read, samples the second
+  resize at the crop's pixels only, gathers the labels through both index maps at once, and
+  normalises the crop rather than the source image (normalisation is affine per channel, so it
+  commutes with bilinear sampling; padding is set after it, to 0 as SPNet's).
 
   Args:
-    image: float32 [H, W, 3] network input.
+    image: uint8 RGB [H, W, 3].
+    label: [H, W] raw label values.
+    cfg: config.data.train (warp_size may be 0: the image's own size).
+    scale: float64 rescale factor.
+    offset: int64 stateless seed that draws the crop's placement, or the int32 (y, x) itself.
+    image_mode: config.data.image_mode.
+
+  Returns:
+    (float32 image [crop, crop, 3], label [crop, crop]).
+  """
+  crop = cfg.crop_size
+  in_size = tf.shape(label)[:2]
+  warped = tf.constant([cfg.warp_size] * 2, tf.int32) if cfg.warp_size else in_size
+  scaled = scaled_size(warped, scale)
+  # cv2.resize copies when the output size equals the input's, whatever the factor.
+  scale = tf.where(tf.reduce_all(scaled == warped), tf.constant(1.0, tf.float64), scale)
+  padding = centred_padding(scaled, max(cfg.warp_size, crop))
+  if offset.dtype == tf.int64:
+    offset = draw_crop_offset(offset, scaled + tf.reduce_sum(padding, axis=1), crop)
+  start = offset - padding[:, 0]  # The crop's origin in scaled-image coordinates.
+  # Warped rows / columns the crop's bilinear samples read, with a margin of one.
+  first = (tf.cast(start, tf.float64) + 0.5) / scale - 0.5
+  last = (tf.cast(start + crop, tf.float64) - 0.5) / scale - 0.5
+  low = tf.clip_by_value(tf.cast(tf.floor(first), tf.int32) - 1, 0, warped - 1)
+  high = tf.clip_by_value(tf.cast(tf.math.ceil(last), tf.int32) + 2, low + 1, warped)
+  warp_scale = tf.cast(warped, tf.float64) / tf.cast(in_size, tf.float64)
+  part = _resample(image, high - low, warp_scale, -low)
+  scale2 = tf.stack([scale, scale])
+  window = tf.constant([crop, crop], tf.int32)
+  image = _resample(
+    part, window, scale2, tf.cast(low, tf.float64) * scale2 - tf.cast(start, tf.float64)
+  )
+  image = normalize_image(image, image_mode)
+  # Labels: crop pixel -> scaled -> warped -> source index (OpenCV's nearest rule, twice).
+  step = 1.0 / scale
+  indices, inside = [], []
+  for axis in range(2):
+    index = start[axis] + tf.range(crop)
+    inside.append((index >= 0) & (index < scaled[axis]))
+    in_warped = tf.cast(tf.floor(tf.cast(tf.maximum(index, 0), tf.float64) * step), tf.int32)
+    in_warped = tf.minimum(in_warped, warped[axis] - 1)
+    warp_step = size_step(in_size[axis], warped[axis])
+    source = tf.cast(tf.floor(tf.cast(in_warped, tf.float64) * warp_step), tf.int32)
+    indices.append(tf.minimum(source, in_size[axis] - 1))
+  label = tf.gather(tf.gather(label, indices[0], axis=0), indices[1], axis=1)
+  mask = inside[0][:, None] & inside[1][None, :]
+  image = tf.where(mask[..., None], image, 0.0)
+  label = tf.where(mask, label, tf.cast(splits.IGNORE_LABEL, label.dtype))
+  return image, label
+
+
+def augment(image, label, cfg: ml_collections.ConfigDict, scale, offset, image_mode: str):
+  """SPNet's training geometry and normalisation, without the flip.
+
+  As SPNet's data loader does it: cv2.resize to warp_size, cv2.resize by the factor, pad to
+  max(warp_size, crop_size) centred, crop.
+
+  Args:
+    image: uint8 RGB [H, W, 3].
     label: [H, W] raw label values.
     cfg: config.data.train.
     scale: float64 rescale factor, or None for no rescale.
     offset: int64 stateless seed that draws the crop's placement, or the int32 (y, x) itself.
+    image_mode: config.data.image_mode.
 
   Returns:
-    (image, label) of the crop (the whole rescaled image when cfg.crop_size is 0).
+    (float32 network input, label) of the crop (the whole image when cfg.crop_size is 0).
   """
-  fused = scale is not None and cfg.get("fused_resize", False)
-  if cfg.warp_size and not fused:
+  if scale is not None and cfg.crop_size:
+    return warped_and_scaled_crop(image, label, cfg, scale, offset, image_mode)
+  image = normalize_image(image, image_mode)
+  if cfg.warp_size:
     image, label = resize_pair(image, label, [cfg.warp_size] * 2)
-  if fused:
-    base = [cfg.warp_size] * 2 if cfg.warp_size else tf.shape(label)[:2]
-    image, label = resize_pair(image, label, scaled_size(base, scale))
-    scale = None
-  size = tf.shape(label)[:2] if scale is None else scaled_size(tf.shape(label)[:2], scale)
-  if not cfg.crop_size:
-    if scale is None:
-      return image, label
+  if scale is not None:  # No crop: the whole rescaled image.
+    size = scaled_size(tf.shape(label)[:2], scale)
     return scaled_window(image, label, scale, tf.zeros([2], tf.int32), size)
+  if not cfg.crop_size:
+    return image, label
+  size = tf.shape(label)[:2]
   padding = centred_padding(size, max(cfg.warp_size, cfg.crop_size))
   if offset.dtype == tf.int64:
     offset = draw_crop_offset(offset, size + tf.reduce_sum(padding, axis=1), cfg.crop_size)
-  if scale is None:
-    return pad_and_crop(image, label, padding, offset, cfg.crop_size)
-  window = tf.constant([cfg.crop_size] * 2, tf.int32)
-  return scaled_window(image, label, scale, offset - padding[:, 0], window)
+  return pad_and_crop(image, label, padding, offset, cfg.crop_size)
 
 
 def train_preprocess(example, seed, data_config: ml_collections.ConfigDict, table: np.ndarray):
   """Decoded TFDS example -> (image, label) for training, following config.data.train."""
   cfg = data_config.train
   seeds = tf.random.experimental.stateless_split(seed, 3)
-  image = normalize_image(example["image"], data_config.image_mode)
   label = example["label"][..., 0]  # uint8 until the remap: cheaper to move around.
   scale = None
   if cfg.min_scale != 1.0 or cfg.max_scale != 1.0:
     scale = draw_scale(seeds[0], cfg.min_scale, cfg.max_scale)
-  image, label = augment(image, label, cfg, scale, seeds[1])
+  image, label = augment(example["image"], label, cfg, scale, seeds[1], data_config.image_mode)
   if cfg.flip:
     image, label = random_flip(image, label, seeds[2])
   return {"image": image, "label": remap_labels(label, table)}
