@@ -429,5 +429,10 @@ def main(argv):
     print(f"Wrote {FLAGS.json}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-benchmark` command (also `python -m` of this module)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

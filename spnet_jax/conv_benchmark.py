@@ -153,6 +153,11 @@ def _define_flags():
   flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-conv-benchmark` command (also `python -m` of this module)."""
   _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

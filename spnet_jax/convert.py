@@ -583,6 +583,11 @@ def main(argv: list[str]) -> None:
   )
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-convert` command (also `python -m` of this module)."""
   _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -329,6 +329,11 @@ def define_flags() -> None:
   flags.DEFINE_enum("gflss_metric", "miou", list(GFLSS_METRICS), "What Fig. 5 plots for GFLSS.")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-figures` command (also `python -m` of this module)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -87,6 +87,11 @@ def main(argv):
   print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()})
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-input-benchmark` command (also `python -m` of this module)."""
   _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

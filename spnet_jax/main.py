@@ -75,5 +75,10 @@ def main(argv):
     experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-train` command (also `python -m` of this module)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

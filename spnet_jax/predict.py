@@ -383,6 +383,11 @@ def main(argv):
   print(f"Wrote {FLAGS.output_dir}/<image>_labels.png and <image>_overlay.png, classes.txt")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-predict` command (also `python -m` of this module)."""
   _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -63,10 +63,6 @@ def main(argv: list[str]) -> None:
   print(markdown_table(argv))
 
 
-if __name__ == "__main__":
-  main(sys.argv[1:])
-
-
 # The results suite (spnet_jax.suite): one workdir per seed and stage under a root folder.
 ZERO_LABEL_ROWS = (
   # (method, stage, GZLSS key, show the stage's ZLSS)
@@ -222,3 +218,12 @@ def write_suite_report(root: str, summary: dict) -> str:
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(text + "\n")
   return text
+
+
+def run() -> None:
+  """The `spnet-report` command (also `python -m` of this module)."""
+  main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+  run()

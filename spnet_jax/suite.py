@@ -147,5 +147,10 @@ def main(argv):
   print(text)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-suite` command (also `python -m` of this module)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

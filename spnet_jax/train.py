@@ -198,10 +198,12 @@ def train(
       config.data, setup.builder, setup.pool, cfg.batch_size, config.seed, start_step=start_step
     )
   else:
+    # Labels of the trained classes only: with self-training the unseen classes' pixels must
+    # stay ignore pixels, for the pseudo-labels to fill (their ground truth is never seen).
     batches = pipeline.create_train_iterator(
       config.data,
       setup.builder,
-      setup.train_classes,
+      setup.split.train_classes,
       cfg.batch_size,
       config.seed,
       start_step=start_step,

@@ -487,6 +487,11 @@ def main(argv: Sequence[str]) -> None:
   print(f"Wrote {values.output}: {matrix.shape[0]} classes x {matrix.shape[1]} dimensions.")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-word-vectors` command (also `python -m` of this module)."""
   _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

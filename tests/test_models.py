@@ -102,9 +102,29 @@ def test_tiny_backbone_size_and_receptive_field():
   variables = net.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   count = sum(x.size for x in jax.tree.leaves(variables))
   assert 100_000 < count < 300_000
-  # Receptive field: 2 stride-2 convs, then 2 dilated 3x3 convs per block at stride 4.
-  field = 3 + 2 * 2 + sum(2 * 2 * 4 * d for d in net.dilations)
-  assert field > 100
+  # Measured: the input pixels that output pixel (32, 32) of a 256x256 image depends on. The
+  # residual branches start at zero (no gradient), so every weight and bias is set to 0.1: then
+  # every ReLU passes and no two paths cancel, and the gradient is non-zero exactly on the field.
+  positive = jax.tree.map(lambda x: jnp.full_like(x, 0.1), variables)
+  pixel = 32
+
+  def output_pixel(image):
+    return jnp.sum(net.apply(positive, image)[0, pixel, pixel])
+
+  grad = np.asarray(jax.grad(output_pixel)(jnp.ones((1, 256, 256, 3))))[0].sum(-1)
+  rows, cols = np.nonzero(grad)
+  # By hand for the default dilations (1, 2, 4, 8): stem1 (3x3/2, pad 1) reads inputs 2y-1..2y+1,
+  # stem2 (3x3/2) stem1 pixels 2y-1..2y+1, so stride-4 feature y reads inputs 4y-3..4y+3; each of
+  # the 8 block convs (two per block) reads features y-d..y+d: 2 * (1 + 2 + 4 + 8) = 30 a side,
+  # 4 * 30 + 3 = 123 input pixels a side of the centre 4y: a 247-pixel square, all of it used.
+  centre, half = 4 * pixel, 123
+  assert (rows.min(), rows.max(), cols.min(), cols.max()) == (
+    centre - half,
+    centre + half,
+    centre - half,
+    centre + half,
+  )
+  assert rows.size == (2 * half + 1) ** 2 == 247**2
 
 
 @pytest.mark.parametrize(

@@ -28,5 +28,10 @@ def main(argv):
   print(f"Prepared {builder.info.full_name} in {builder.data_dir}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `spnet-prepare` command (also `python -m` of this module)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()
