@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.backbone = "tiny"  # 'resnet101', 'vgg16' or 'tiny'.
   model.stride_in_3x3 = False  # ResNet: torchvision layout (stride in the 3x3 conv, not the 1x1).
-  # Converted weights to start from (python -m spnet_jax.convert ...); '' for random init.
+  # Converted weights to start from (python -m spnet_jax.interop.convert ...); '' for random init.
   model.init_checkpoint = ""
   model.width = 48  # Tiny backbone channels.
   model.dilations = (1, 2, 4, 8)  # Tiny backbone: one residual block per dilation.

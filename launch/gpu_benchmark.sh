@@ -18,7 +18,7 @@ bench() {  # bench NAME SECONDS ARGS...
   local name=$1 seconds=$2
   shift 2
   echo "=== $name"
-  timeout "$seconds" python3 -m spnet_jax.benchmark --config "$CONFIG" \
+  timeout "$seconds" python3 -m spnet_jax.bench.benchmark --config "$CONFIG" \
     --config.train.accumulation_steps=1 --config.model.dtype=bfloat16 --warmup 3 \
     --steps "$STEPS" --json "$OUT/$name.json" "$@" 2>&1 | grep -v "^[IW][0-9]" | tee "$OUT/$name.log"
 }

@@ -5,7 +5,6 @@ import os
 import jax
 import ml_collections
 
-from spnet_jax import losses, optimizer
 from spnet_jax.data import pipeline
 from spnet_jax.models import (
   ATROUS_CONVS,
@@ -15,6 +14,7 @@ from spnet_jax.models import (
   EMBEDDING_HEADS,
   KERNEL_GRADS,
 )
+from spnet_jax.train import losses, optimizer
 
 _CHOICES = {
   "mode": ("train_and_evaluate", "evaluate"),

@@ -1,6 +1,7 @@
 """Builds a run from its config and drives it: train (resuming), calibrate, evaluate, report."""
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -15,12 +16,16 @@ from clu import metric_writers
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from spnet_jax import calibration, checkpoint, embeddings, evaluate, metrics, pretrained, train
 from spnet_jax import config_validation as validation
-from spnet_jax import optimizer as optim
-from spnet_jax import step as step_lib
-from spnet_jax.data import datasets, fewshot, splits
+from spnet_jax.data import datasets, fewshot, pipeline, splits
+from spnet_jax.embeddings import class_embeddings as embeddings
+from spnet_jax.evaluation import calibration, evaluate, metrics
+from spnet_jax.interop import pretrained
 from spnet_jax.models import SegmentationNet, create_model
+from spnet_jax.train import checkpoint
+from spnet_jax.train import loop as train
+from spnet_jax.train import optimizer as optim
+from spnet_jax.train import step as step_lib
 
 MODES = ("train_and_evaluate", "evaluate")
 CONFIG_FILE = "config.json"  # The run's config, written into its workdir.
@@ -170,6 +175,25 @@ def start_from_zero_label_run(state, abstract, source: str, tx, keep_optimizer_s
   else:
     opt_state = jax.jit(tx.init)(restored.params)
   return state.replace(params=restored.params, frozen=restored.frozen, opt_state=opt_state)
+
+
+def training_batches(setup: RunSetup, start_step: int):
+  """The run's training stream from start_step: the few-label pool, or the training split."""
+  config = setup.config
+  if setup.pool:
+    return fewshot.create_fewshot_iterator(
+      config.data, setup.builder, setup.pool, config.train.batch_size, config.seed, start_step
+    )
+  # Labels of the trained classes only: with self-training the unseen classes' pixels must stay
+  # ignore pixels, for the pseudo-labels to fill (their ground truth is never seen).
+  return pipeline.create_train_iterator(
+    config.data,
+    setup.builder,
+    setup.split.train_classes,
+    config.train.batch_size,
+    config.seed,
+    start_step=start_step,
+  )
 
 
 def create_eval_tasks(setup: RunSetup) -> evaluate.EvalTasks:
@@ -394,7 +418,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = initial_or_restored_state(setup, manager, config.eval.checkpoint_step or None)
   else:
     state = initial_or_restored_state(setup, manager)
-    state, preempted = train.train(config, workdir, setup, state, manager, writer)
+    state, preempted = train.train(
+      config,
+      workdir,
+      state,
+      manager,
+      writer,
+      model=setup.model,
+      tx=setup.tx,
+      mesh=setup.mesh,
+      class_embeddings=setup.class_embeddings,
+      train_classes=setup.train_classes,
+      # Self-training: the trailing unseen classes of train_classes get pseudo-labels.
+      num_unseen=len(setup.split.unseen) if config.selftrain.fraction > 0 else 0,
+      make_batches=functools.partial(training_batches, setup),
+    )
     if preempted:
       manager.close()
       writer.close()

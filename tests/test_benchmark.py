@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_zlss, voc_zlss
-from spnet_jax import benchmark, host, timing
+from spnet_jax.bench import benchmark, host, timing
 
 
 class _FakeDevice:
@@ -149,7 +149,7 @@ def test_train_and_eval_parts_time_the_configs_step():
 
 def test_pytorch_side_runs_the_same_network_and_loss():
   pytest.importorskip("torch")
-  from spnet_jax import torch_benchmark
+  from spnet_jax.bench import torch_benchmark
 
   config = voc_zlss.get_config()
   config.train.batch_size = 2
@@ -167,7 +167,7 @@ def test_pytorch_side_runs_the_same_network_and_loss():
 
 def test_pytorch_side_names_what_it_supports():
   pytest.importorskip("torch")
-  from spnet_jax import torch_benchmark
+  from spnet_jax.bench import torch_benchmark
 
   with pytest.raises(ValueError, match="backbone='tiny'"):
     torch_benchmark.random_state_dict(shapes_zlss.get_config(), 8)

@@ -11,7 +11,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from spnet_jax.data import coco_stuff, fake_data, manual_checks, voc_sbd
+from spnet_jax.data import coco_stuff, manual_checks, voc_sbd
+from spnet_jax.testing import fake_data
 
 BUILDERS = {"coco_stuff": coco_stuff.CocoStuff, "voc_sbd": voc_sbd.VocSbd}
 README = "README.md, section 'Datasets'"

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spnet_jax import conv_benchmark, timing
+from spnet_jax.bench import conv_benchmark, timing
 from spnet_jax.models import resnet
 
 
@@ -66,7 +66,7 @@ def test_command_prints_the_table(tmp_path):
     [
       sys.executable,
       "-m",
-      "spnet_jax.conv_benchmark",
+      "spnet_jax.bench.conv_benchmark",
       "--image_size",
       "17",
       "--batch",

@@ -1,6 +1,6 @@
 """PyTorch -> Flax conversion: key accounting, errors, the command, and equivalence with PyTorch.
 
-The equivalence tests run a PyTorch reference (spnet_jax/torch_reference.py, functional code
+The equivalence tests run a PyTorch reference (spnet_jax/testing/torch_reference.py, functional code
 from the published key layouts) and the converted spnet_jax model on the same random weights and
 inputs. They need torch and are skipped without it; the key-accounting tests need numpy only.
 """
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from configs import shapes_zlss
-from spnet_jax import convert
+from spnet_jax.interop import convert
 from spnet_jax.models import create_model, heads, msc
-from spnet_jax.random_state_dicts import (
+from spnet_jax.testing.random_state_dicts import (
   aspp_l_state_dict,
   aspp_state_dict,
   caffe_resnet101_state_dict,
@@ -61,7 +61,7 @@ def torch_module():
 
 @pytest.fixture(scope="module")
 def reference(torch_module):
-  from spnet_jax import torch_reference
+  from spnet_jax.testing import torch_reference
 
   return torch_reference
 
@@ -410,7 +410,13 @@ def test_command_end_to_end(torch_module, tmp_path):
   path = str(tmp_path / "vgg16.pth")
   torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)
   output = str(tmp_path / "out")
-  command = [sys.executable, "-m", "spnet_jax.convert", "--format=torchvision", "--arch=vgg16"]
+  command = [
+    sys.executable,
+    "-m",
+    "spnet_jax.interop.convert",
+    "--format=torchvision",
+    "--arch=vgg16",
+  ]
   result = subprocess.run(
     [*command, f"--input={path}", f"--output={output}"],
     cwd=ROOT,

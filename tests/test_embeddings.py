@@ -1,4 +1,4 @@
-"""Tests for spnet_jax/embeddings.py: .npy / .pkl loading, normalisation, attribute vectors."""
+"""Tests for spnet_jax/embeddings/class_embeddings.py: .npy / .pkl, normalisation, attributes."""
 
 import math
 import os
@@ -8,8 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from spnet_jax import embeddings
 from spnet_jax.data import splits
+from spnet_jax.embeddings import class_embeddings as embeddings
 
 from .conftest import SHARED
 

@@ -10,8 +10,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from spnet_jax import checkpoint, evaluate, experiment, train, visualize
+from spnet_jax import experiment
 from spnet_jax.data import datasets, pipeline, splits
+from spnet_jax.evaluation import evaluate, visualize
+from spnet_jax.train import checkpoint
+from spnet_jax.train import loop as train
 
 from .conftest import ROOT, main_command
 

@@ -10,8 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from spnet_jax import word_vectors
-from spnet_jax.data import datasets, fewshot, shapes, splits
+from spnet_jax.data import datasets, fewshot, safe_pickle, shapes, splits
 
 IGNORE = splits.IGNORE_LABEL
 VOC_SPLIT_DIR = os.path.join(
@@ -258,7 +257,7 @@ def test_lists_from_spnet_pickle():
   if not (os.path.exists(pkl) and os.path.exists(ids_path)):
     pytest.skip(f"SPNet reference files absent ({VOC_SPLIT_DIR}).")
   lists = fewshot.lists_from_spnet_pickle(pkl, ids_path)
-  positions = word_vectors.load_pickle(pkl)
+  positions = safe_pickle.load_pickle(pkl)
   with open(ids_path) as file:
     ids = [line.strip() for line in file if line.strip()]
   assert sorted(lists) == sorted(int(k) for k in positions)

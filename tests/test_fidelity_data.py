@@ -15,8 +15,8 @@ import tensorflow as tf
 from PIL import Image
 
 from configs import coco_zlss
-from spnet_jax import losses
 from spnet_jax.data import pipeline
+from spnet_jax.train import losses
 
 from . import reference_oracle
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spnet_jax import evaluate, metrics
 from spnet_jax.data import splits
+from spnet_jax.evaluation import evaluate, metrics
 
 from . import reference_oracle
 

@@ -17,8 +17,8 @@ import optax
 import pytest
 import yaml
 
-from spnet_jax import optimizer
 from spnet_jax.data import fewshot, splits
+from spnet_jax.train import optimizer
 
 from . import reference_oracle
 
@@ -286,7 +286,7 @@ def test_class_embeddings_equal_spnets(dataset, name, tmp_path):
     run_original_statements("train", "if embedding ==", "loader_iter = iter(loader)", namespace)
   want = namespace["class_emb"].numpy()
 
-  from spnet_jax import embeddings
+  from spnet_jax.embeddings import class_embeddings as embeddings
 
   config = our_config(name)
   config.embeddings.paths = ",".join(

@@ -10,8 +10,9 @@ state (the momentum buffers) into a model that scores the novel classes too.
 
 Here the original's own classes and functions run those steps with the hyperparameters of its
 yaml configs, and this project runs its real path with the matching configs/*.py: the PyTorch
-weights through spnet_jax.convert, spnet_jax.optimizer, spnet_jax.step.train_step and, for the
-few-label stage, an Orbax checkpoint picked up by spnet_jax.experiment.initial_or_restored_state.
+weights through spnet_jax.interop.convert, spnet_jax.train.optimizer,
+spnet_jax.train.step.train_step and, for the few-label stage, an Orbax checkpoint picked up by
+spnet_jax.experiment.initial_or_restored_state.
 Same random weights, images, labels and class embeddings on both sides; the network is the
 ResNet-101 layout with one bottleneck per stage (the full depth only adds compile time). Every
 parameter's update (new minus old value) must agree.
@@ -29,12 +30,14 @@ import pytest
 import yaml
 
 from configs import coco_flss, coco_zlss, voc_flss, voc_zlss
-from spnet_jax import checkpoint, convert, experiment
-from spnet_jax import optimizer as optim
-from spnet_jax import step as step_lib
+from spnet_jax import experiment
 from spnet_jax.data.splits import IGNORE_LABEL
+from spnet_jax.interop import convert
 from spnet_jax.models import create_model
-from spnet_jax.random_state_dicts import aspp_state_dict, caffe_resnet101_state_dict
+from spnet_jax.testing.random_state_dicts import aspp_state_dict, caffe_resnet101_state_dict
+from spnet_jax.train import checkpoint
+from spnet_jax.train import optimizer as optim
+from spnet_jax.train import step as step_lib
 
 from . import reference_oracle
 
@@ -139,7 +142,7 @@ def original_optimizer(train, model, hyper: dict):
 def original_update(train, model, optimizer, hyper: dict, iteration: int, images, labels) -> float:
   """Iteration `iteration` (from 1) of train.py's loop; returns its iter_loss.
 
-  Micro-batch i holds images i, i + ITER_SIZE, ... (the micro-batches spnet_jax.step takes).
+  Micro-batch i holds images i, i + ITER_SIZE, ... (the micro-batches spnet_jax.train.step takes).
   """
   train.poly_lr_scheduler(
     optimizer=optimizer,
@@ -184,7 +187,7 @@ def small_model_variables() -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def converted(state_dict) -> tuple[dict, dict]:
-  """(variables, metadata) of an original state dict, by spnet_jax.convert.
+  """(variables, metadata) of an original state dict, by spnet_jax.interop.convert.
 
   convert_state_dict checks a file against ResNet-101's variables; here it checks against the
   small model's (the key mapping and the layouts are the converter's own).

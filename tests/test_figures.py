@@ -1,4 +1,4 @@
-"""Figs. 3, 4 and 5 (spnet_jax.figures) and the class statistics behind Fig. 3."""
+"""Figs. 3, 4 and 5 (spnet_jax.tools.figures) and the class statistics behind Fig. 3."""
 
 import json
 import os
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spnet_jax import evaluate, experiment, figures
+from spnet_jax import experiment
 from spnet_jax.data import splits
+from spnet_jax.evaluation import evaluate
+from spnet_jax.tools import figures
 
 from .conftest import ROOT
 
@@ -184,7 +186,15 @@ def test_workdir_and_suite_figures_from_synthetic_files_on_the_command_line(tmp_
   os.makedirs(root)
   with open(os.path.join(root, "suite.json"), "w") as f:
     json.dump(_suite_summary(), f)
-  command = [sys.executable, "-m", "spnet_jax.figures", "--workdir", workdir, "--suite_root", root]
+  command = [
+    sys.executable,
+    "-m",
+    "spnet_jax.tools.figures",
+    "--workdir",
+    workdir,
+    "--suite_root",
+    root,
+  ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   expected = [
@@ -230,7 +240,7 @@ def test_calibration_sweep_of_a_held_out_run_comes_from_the_gamma_file(tmp_path)
 def test_missing_inputs_name_the_file_and_the_command_that_makes_it(tmp_path):
   with pytest.raises(ValueError, match=r"results\.json does not exist.*spnet_jax\.main"):
     figures.workdir_figures(str(tmp_path))
-  with pytest.raises(ValueError, match=r"suite\.json does not exist.*spnet_jax\.suite"):
+  with pytest.raises(ValueError, match=r"suite\.json does not exist.*spnet_jax\.tools\.suite"):
     figures.suite_figure(str(tmp_path))
   workdir = _synthetic_workdir(tmp_path / "run")
   os.remove(os.path.join(workdir, "confusions.npz"))

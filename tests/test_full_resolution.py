@@ -12,8 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from configs import shapes_zlss
-from spnet_jax import embeddings, evaluate
 from spnet_jax.data import pipeline, splits
+from spnet_jax.embeddings import class_embeddings as embeddings
+from spnet_jax.evaluation import evaluate
 from spnet_jax.models import create_model
 from tests.numpy_resize import resize_bilinear
 

@@ -1,4 +1,4 @@
-"""Tests for spnet_jax/losses.py against NumPy references and hand-computed values."""
+"""Tests for spnet_jax/train/losses.py against NumPy references and hand-computed values."""
 
 import math
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spnet_jax import losses
+from spnet_jax.train import losses
 
 IGNORE = 255
 # Jitted once per shape: op-by-op dispatch would compile every primitive separately.

@@ -1,4 +1,4 @@
-"""Tests for spnet_jax/metrics.py and the confusion/prediction parts of spnet_jax/evaluate.py."""
+"""Tests for evaluation/metrics.py and the confusion / prediction parts of evaluate.py."""
 
 import math
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spnet_jax import evaluate, metrics
 from spnet_jax.data import splits
+from spnet_jax.evaluation import evaluate, metrics
 
 IGNORE = 255
 update_confusion = jax.jit(evaluate.update_confusion)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import shapes_zlss
-from spnet_jax import optimizer, step
 from spnet_jax.models import create_model, heads, tiny
+from spnet_jax.train import optimizer, step
 
 
 def _model_config(**overrides) -> ml_collections.ConfigDict:

@@ -1,4 +1,4 @@
-"""Tests for spnet_jax/optimizer.py against hand-written PyTorch SGD/Adam update rules."""
+"""Tests for spnet_jax/train/optimizer.py against hand-written PyTorch SGD/Adam update rules."""
 
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from spnet_jax import optimizer
+from spnet_jax.train import optimizer
 
 MULTIPLIERS = {"backbone_kernel": 1.0, "backbone_bias": 2.0, "head_kernel": 10.0, "head_bias": 20.0}
 LEAF_GROUPS = {

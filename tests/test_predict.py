@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spnet_jax import experiment, predict
+from spnet_jax import experiment
 from spnet_jax.data import shapes, splits
+from spnet_jax.tools import predict
 from tests.conftest import ROOT, subprocess_env, tiny_config
 
 UNSEEN_ONLY = ("background", "red-disc", "green-square", "blue-triangle", "yellow-annulus")
@@ -66,7 +67,7 @@ def test_folder_of_mixed_sizes_goes_through_the_command(trained_workdir, tmp_pat
     Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(images / name)
   (images / "notes.txt").write_text("not an image")
   out = tmp_path / "out"
-  command = [sys.executable, "-m", "spnet_jax.predict", f"--workdir={trained_workdir}"]
+  command = [sys.executable, "-m", "spnet_jax.tools.predict", f"--workdir={trained_workdir}"]
   command += [f"--images={images}", f"--output_dir={out}", "--gamma=0.3", "--overlay_scale=2"]
   result = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -78,7 +79,7 @@ def test_folder_of_mixed_sizes_goes_through_the_command(trained_workdir, tmp_pat
 
 def test_npy_embeddings_with_names(trained_workdir, tmp_path):
   config = experiment.load_run_config(trained_workdir)
-  from spnet_jax import embeddings
+  from spnet_jax.embeddings import class_embeddings as embeddings
 
   names = list(splits.SHAPES_CLASS_NAMES)
   matrix = embeddings.attribute_embeddings(tuple(names))

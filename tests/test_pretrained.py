@@ -7,7 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from spnet_jax import checkpoint, experiment, pretrained
+from spnet_jax import experiment
+from spnet_jax.interop import pretrained
+from spnet_jax.train import checkpoint
 
 
 def test_merge_overwrites_given_leaves_and_reports_fresh_ones():
@@ -46,7 +48,7 @@ def test_convention_or_architecture_mismatch_is_an_error(fast_config, field, val
 
 def test_caffe_weights_with_an_rgb_config_do_not_run(fast_config, tmp_path):
   """Caffe-converted weights expect BGR minus the caffe mean: an RGB config must not train."""
-  convert = pytest.importorskip("spnet_jax.convert")
+  convert = pytest.importorskip("spnet_jax.interop.convert")
   directory = str(tmp_path / "converted")
   convert.save_converted(
     directory,
@@ -60,7 +62,7 @@ def test_caffe_weights_with_an_rgb_config_do_not_run(fast_config, tmp_path):
 
 def test_evaluate_converted_weights_through_the_entry_point(fast_config, tmp_path):
   """Weights converted from a trained run evaluate with no workdir checkpoint."""
-  convert = pytest.importorskip("spnet_jax.convert")
+  convert = pytest.importorskip("spnet_jax.interop.convert")
   trained = experiment.train_and_evaluate(fast_config, str(tmp_path / "train"))
   setup = experiment.create_setup(fast_config)
   manager = checkpoint.create_manager(str(tmp_path / "train"), 2)

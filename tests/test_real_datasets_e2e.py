@@ -8,10 +8,13 @@ import pytest
 from PIL import Image
 
 from configs import coco_zlss
-from spnet_jax import evaluate, experiment, host, input_benchmark
-from spnet_jax.data import datasets, fake_data, pipeline, splits
+from spnet_jax import experiment
+from spnet_jax.bench import host, input_benchmark
+from spnet_jax.data import datasets, pipeline, splits
+from spnet_jax.evaluation import evaluate
 from spnet_jax.models import msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
+from spnet_jax.testing import fake_data
 from tests.numpy_resize import resize_bilinear
 
 IGNORE = splits.IGNORE_LABEL

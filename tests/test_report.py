@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from spnet_jax import report
+from spnet_jax.tools import report
 
 
 def _write(workdir, zlss, harmonic):

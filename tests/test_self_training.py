@@ -9,9 +9,11 @@ import optax
 import pytest
 
 from configs import shapes_zlss
-from spnet_jax import embeddings, experiment, optimizer, self_training, step
+from spnet_jax import experiment
 from spnet_jax.data import pipeline, splits
+from spnet_jax.embeddings import class_embeddings as embeddings
 from spnet_jax.models import create_model
+from spnet_jax.train import optimizer, self_training, step
 from tests.conftest import tiny_config
 from tests.numpy_resize import resize_bilinear
 

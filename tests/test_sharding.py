@@ -13,7 +13,8 @@ import sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from configs import shapes_zlss
-from spnet_jax import optimizer, step
+from spnet_jax.train import optimizer
+from spnet_jax.train import step
 from spnet_jax.models import create_model
 
 assert jax.device_count() == 4, jax.devices()

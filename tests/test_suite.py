@@ -6,7 +6,7 @@ import os
 import pytest
 from absl import app
 
-from spnet_jax import report, suite
+from spnet_jax.tools import report, suite
 
 
 def _scores(seen, unseen, harmonic, gamma=0.0):
@@ -156,5 +156,6 @@ def test_a_finding_that_fails_is_flagged(tmp_path):
 
 def test_missing_stage_names_the_file_and_the_command(tmp_path):
   _write_suite(str(tmp_path), [0])
-  with pytest.raises(ValueError, match=r"seed1.*results\.json does not exist.*spnet_jax\.suite"):
+  missing = r"seed1.*results\.json does not exist.*spnet_jax\.tools\.suite"
+  with pytest.raises(ValueError, match=missing):
     report.suite_summary(str(tmp_path), [0, 1], [1])

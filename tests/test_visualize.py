@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spnet_jax import visualize
+from spnet_jax.evaluation import visualize
 
 
 def test_palette_is_the_voc_colour_map():

@@ -1,4 +1,4 @@
-"""Tests for spnet_jax/word_vectors.py: name -> words, streaming readers, command, unpickler."""
+"""Tests for spnet_jax/embeddings/word_vectors.py: names to words, readers, command, unpickler."""
 
 import logging
 import os
@@ -11,8 +11,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from spnet_jax import word_vectors
-from spnet_jax.data import splits
+from spnet_jax.data import safe_pickle, splits
+from spnet_jax.embeddings import word_vectors
 
 from .conftest import ROOT, SHARED
 
@@ -281,7 +281,7 @@ def test_command_writes_the_voc_matrix(tmp_path):
   vocabulary = _dataset_vocabulary(splits.VOC_CLASS_NAMES, dim=6, seed=2)
   source = _write_bin(tmp_path / "GoogleNews.bin", vocabulary)
   output = tmp_path / "out" / "voc_word2vec.npy"
-  command = [sys.executable, "-m", "spnet_jax.word_vectors", "--dataset=voc_sbd"]
+  command = [sys.executable, "-m", "spnet_jax.embeddings.word_vectors", "--dataset=voc_sbd"]
   command += ["--format=word2vec", f"--input={source}", f"--output={output}"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
@@ -294,7 +294,7 @@ def test_command_writes_the_voc_matrix(tmp_path):
 
 
 def test_command_requires_its_flags(tmp_path):
-  command = [sys.executable, "-m", "spnet_jax.word_vectors", "--dataset=voc_sbd"]
+  command = [sys.executable, "-m", "spnet_jax.embeddings.word_vectors", "--dataset=voc_sbd"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "--format" in result.stderr
@@ -357,7 +357,7 @@ def test_unpickler_refuses_code(tmp_path, payload, refused):
   marker = str(tmp_path / "marker.npy")
   path = _pickle_file(tmp_path / "evil.pkl", payload(marker))
   with pytest.raises(pickle.UnpicklingError, match="Refused global") as info:
-    word_vectors.load_pickle(path)
+    safe_pickle.load_pickle(path)
   assert refused in str(info.value) and path in str(info.value)
   assert not os.path.exists(marker)
   # The payload is live: an unrestricted load does write the marker.
@@ -378,7 +378,7 @@ def test_unpickler_refuses_code(tmp_path, payload, refused):
   ids=["float64", "float32_transposed", "dict", "list"],
 )
 def test_unpickler_accepts_arrays(tmp_path, protocol, value):
-  got = word_vectors.load_pickle(_pickle_file(tmp_path / "ok.pkl", value, protocol))
+  got = safe_pickle.load_pickle(_pickle_file(tmp_path / "ok.pkl", value, protocol))
   assert type(got) is type(value)
   items = value.items() if isinstance(value, dict) else enumerate(value)
   if isinstance(value, np.ndarray):
@@ -393,7 +393,7 @@ def test_unpickler_refuses_old_protocols(tmp_path):
   # Protocols 0-2 encode bytes through _codecs.encode, which is not on the list.
   path = _pickle_file(tmp_path / "old.pkl", np.ones(3), protocol=2)
   with pytest.raises(pickle.UnpicklingError, match=r"'_codecs\.encode'"):
-    word_vectors.load_pickle(path)
+    safe_pickle.load_pickle(path)
 
 
 @pytest.mark.parametrize(
@@ -409,7 +409,7 @@ def test_unpickler_refuses_old_protocols(tmp_path):
 def test_unpickler_refuses_non_arrays(tmp_path, value, match):
   path = _pickle_file(tmp_path / "other.pkl", value)
   with pytest.raises(ValueError, match=match):
-    word_vectors.load_pickle(path)
+    safe_pickle.load_pickle(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,7 +420,7 @@ def _reference(dataset: str, kind: str) -> np.ndarray:
   path = os.path.join(REFERENCE, dataset, "word_vectors", f"{kind}.pkl")
   if not os.path.exists(path):
     pytest.skip(f"SPNet reference files absent ({path}); they come from subhc/SPNet.")
-  return word_vectors.load_pickle(path)
+  return safe_pickle.load_pickle(path)
 
 
 @pytest.mark.parametrize("kind", ["fasttext", "word2vec", "glove"])

@@ -18,7 +18,7 @@ import pytest
 import scipy.io
 
 from configs import zsl_awa, zsl_cub, zsl_sun
-from spnet_jax import metrics
+from spnet_jax.evaluation import metrics
 from spnet_jax.zsl import data, experiment, model
 from spnet_jax.zsl import evaluate as zsl_eval
 from tests.conftest import ROOT, subprocess_env

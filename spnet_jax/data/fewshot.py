@@ -24,8 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from spnet_jax import word_vectors
-from spnet_jax.data import pipeline, splits
+from spnet_jax.data import pipeline, safe_pickle, splits
 
 # SPNet's n-shot lists take images [i * 20 : i * 20 + n] of each class list for offset i, so the
 # pools of different offsets are disjoint for every n up to 20.
@@ -132,7 +131,7 @@ def lists_from_spnet_pickle(pkl_path: str, train_ids_path: str) -> dict[int, lis
 
   The pickle maps a label value to positions in train_ids.txt of the images that contain it;
   the order of those positions decides SPNet's n-shot pools, so it is kept exactly. The pickle is
-  read with the restricted unpickler (word_vectors.load_pickle), which accepts numpy arrays only.
+  read with the restricted unpickler (safe_pickle.load_pickle), which accepts numpy arrays only.
 
   Args:
     pkl_path: SPNet's inverse_dict_train.pkl (label value -> array of positions).
@@ -144,7 +143,7 @@ def lists_from_spnet_pickle(pkl_path: str, train_ids_path: str) -> dict[int, lis
   Raises:
     ValueError: the pickle is not a dict, or a position falls outside train_ids.txt.
   """
-  positions = word_vectors.load_pickle(pkl_path)
+  positions = safe_pickle.load_pickle(pkl_path)
   if not isinstance(positions, dict):
     raise ValueError(f"{pkl_path}: expected a dict label -> positions, got {type(positions)}.")
   with tf.io.gfile.GFile(train_ids_path, "r") as file:

@@ -2,13 +2,13 @@
 
 Scores arrive as [N, K] arrays over K candidate classes (`candidates` holds their class ids), so
 that ZSL (unseen candidates only) and GZSL (all classes) share the code. Calibration follows the
-segmentation side (spnet_jax/evaluate.py): softmax over the candidates, minus gamma for the
-classes trained on, argmax; gamma = 0 is the uncalibrated classifier.
+segmentation side (spnet_jax/evaluation/evaluate.py): softmax over the candidates, minus gamma
+for the classes trained on, argmax; gamma = 0 is the uncalibrated classifier.
 """
 
 import numpy as np
 
-from spnet_jax import metrics
+from spnet_jax.evaluation import metrics
 
 
 def mean_per_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """Times each kind of convolution of DeepLab-v2 ResNet-101 + ASPP, computed each way.
 
-  python -m spnet_jax.conv_benchmark [--image_size 161] [--batch 2] [--steps 5] [--json F]
+  python -m spnet_jax.bench.conv_benchmark [--image_size 161] [--batch 2] [--steps 5] [--json F]
 
 For every distinct conv of the network at this input size (stem, the three convs of a
 bottleneck in each stage, the ASPP branches) it times the forward pass, the input gradient and
@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from spnet_jax import host
+from spnet_jax.bench import host
+from spnet_jax.bench.timing import time_calls
 from spnet_jax.models import kernel_grad, lax_conv, layers
-from spnet_jax.timing import time_calls
 
 _STAGE_BLOCKS = (3, 4, 23, 3)  # ResNet-101: bottlenecks in layer2..layer5.
 _ASPP_RATES = (6, 12, 18, 24)

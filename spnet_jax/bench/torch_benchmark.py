@@ -1,9 +1,9 @@
-"""The PyTorch side of `spnet_jax.benchmark --torch`: the same network, weights and step in torch.
+"""The PyTorch side of `spnet_jax.bench.benchmark --torch`: the same network, weights, step.
 
 Both frameworks start from one random state dict in deeplab-pytorch's layout: PyTorch runs it
-through spnet_jax/torch_reference.py, JAX through spnet_jax.convert. The step matches the JAX
-one: SPNet MSC outputs, cross-entropy (ignore 255) on each, labels nearest-resized to each
-output with the same (OpenCV) nearest rule, summed; frozen BatchNorm; SGD with momentum;
+through spnet_jax/testing/torch_reference.py, JAX through spnet_jax.interop.convert. The step
+matches the JAX one: SPNet MSC outputs, cross-entropy (ignore 255) on each, labels resized to
+each output with the same (OpenCV) nearest rule, summed; frozen BatchNorm; SGD with momentum;
 gradient accumulation over every k-th image. torch is imported only here.
 """
 
@@ -13,8 +13,8 @@ import time
 import ml_collections
 import numpy as np
 
-from spnet_jax import convert
-from spnet_jax.random_state_dicts import aspp_state_dict, caffe_resnet101_state_dict
+from spnet_jax.interop import convert
+from spnet_jax.testing.random_state_dicts import aspp_state_dict, caffe_resnet101_state_dict
 
 IGNORE_LABEL = 255
 
@@ -44,7 +44,7 @@ def random_state_dict(config: ml_collections.ConfigDict, embedding_dim: int) -> 
 
 
 def converted_variables(config: ml_collections.ConfigDict, embedding_dim: int) -> dict:
-  """The JAX variables of random_state_dict (through spnet_jax.convert)."""
+  """The JAX variables of random_state_dict (through spnet_jax.interop.convert)."""
   sd = random_state_dict(config, embedding_dim)
   variables, _ = convert.convert_state_dict(
     sd, "deeplab-pytorch", "resnet101", classifier="projection", embedding_dim=embedding_dim
@@ -53,10 +53,10 @@ def converted_variables(config: ml_collections.ConfigDict, embedding_dim: int) -
 
 
 def _nearest_labels(labels, height: int, width: int):
-  """OpenCV's nearest resize (SPNet's rule, and spnet_jax.losses'), by index gathering."""
+  """OpenCV's nearest resize (SPNet's rule, and spnet_jax.train.losses'), by index gathering."""
   import torch
 
-  from spnet_jax.losses import nearest_source_indices
+  from spnet_jax.train.losses import nearest_source_indices
 
   in_h, in_w = labels.shape[1:]
   rows = torch.from_numpy(nearest_source_indices(in_h, height))
@@ -81,7 +81,7 @@ def time_training(
     raise SystemExit(
       "--torch needs PyTorch: pip install torch==2.13.0 (CPU build; see requirements-dev.txt)."
     ) from error
-  from spnet_jax import torch_reference as ref
+  from spnet_jax.testing import torch_reference as ref
 
   torch.set_num_threads(threads)
   sd = {k: torch.from_numpy(v) for k, v in random_state_dict(config, embeddings.shape[1]).items()}

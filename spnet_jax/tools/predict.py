@@ -1,6 +1,6 @@
 """Segments your images into any classes you name, with a trained SPNet workdir.
 
-  python -m spnet_jax.predict --workdir workdirs/shapes_zlss --images photos/ \
+  python -m spnet_jax.tools.predict --workdir workdirs/shapes_zlss --images photos/ \
       --output_dir predictions/ [--classes background,red-disc,blue-square] [--gamma 0.4]
 
 Class embeddings come from (first that applies): --embeddings_npy with --names_file (one name
@@ -27,12 +27,16 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from PIL import Image, UnidentifiedImageError
 
-from spnet_jax import checkpoint, embeddings, experiment, visualize, word_vectors
-from spnet_jax import optimizer as optim
-from spnet_jax import step as step_lib
+from spnet_jax import experiment
 from spnet_jax.data import pipeline, splits
+from spnet_jax.embeddings import class_embeddings as embeddings
+from spnet_jax.embeddings import word_vectors
+from spnet_jax.evaluation import visualize
 from spnet_jax.models import create_model, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
+from spnet_jax.train import checkpoint
+from spnet_jax.train import optimizer as optim
+from spnet_jax.train import step as step_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 WORD_VECTOR_FORMATS = {".vec": "fasttext", ".txt": "fasttext", ".bin": "word2vec"}

@@ -5,8 +5,7 @@ import os
 import ml_collections
 import numpy as np
 
-from spnet_jax import word_vectors
-from spnet_jax.data import splits
+from spnet_jax.data import safe_pickle, splits
 
 # 'files' reads config.embeddings.paths; 'npy' is its older name, kept as an alias.
 SOURCES = ("attributes", "files", "npy")
@@ -58,11 +57,11 @@ def load_npy(path: str, num_classes: int) -> np.ndarray:
 def load_pkl(path: str, num_classes: int) -> np.ndarray:
   """Reads a [num_classes, d] matrix from a pickled numpy array (SPNet's word_vectors/*.pkl).
 
-  The pickle is loaded with word_vectors.load_pickle, which refuses everything but numpy arrays:
+  The pickle is loaded with safe_pickle.load_pickle, which refuses everything but numpy arrays:
   a pickle can run code, so a .pkl from elsewhere must never reach pickle.load.
   """
   path = _existing(path)
-  value = word_vectors.load_pickle(path)
+  value = safe_pickle.load_pickle(path)
   if not isinstance(value, np.ndarray):
     raise ValueError(
       f"Class embedding file {path} holds a {type(value).__name__} of arrays; expected one "
@@ -80,7 +79,7 @@ def load_matrix(path: str, num_classes: int) -> np.ndarray:
     return load_pkl(path, num_classes)
   raise ValueError(
     f"Class embedding file {path} (config.embeddings.paths) has suffix {suffix!r}; valid: "
-    f"{FILE_SUFFIXES}. Convert vocabulary files with `python -m spnet_jax.word_vectors`."
+    f"{FILE_SUFFIXES}. Convert vocabulary files with `python -m spnet_jax.embeddings.word_vectors`."
   )
 
 

@@ -1,6 +1,6 @@
 """Every run behind the README's results table for the embedded benchmark, then the table.
 
-  python -m spnet_jax.suite --workdir_root workdirs/suite
+  python -m spnet_jax.tools.suite --workdir_root workdirs/suite
 
 Per seed (--seeds, default 0,1,2) it trains, in this order, each into <root>/seed<s>/<stage>:
   held_out        zero-label SPNet with the val classes held out: writes calibration.json
@@ -25,7 +25,8 @@ import ml_collections
 from absl import app, flags, logging
 
 from configs import shapes_flss, shapes_selftrain, shapes_zlss
-from spnet_jax import experiment, report
+from spnet_jax import experiment
+from spnet_jax.tools import report
 
 flags.DEFINE_string("workdir_root", None, "Folder that receives one workdir per run.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; the table reports the median over them.")

@@ -10,10 +10,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from spnet_jax import metrics, visualize
 from spnet_jax.data import pipeline, splits
+from spnet_jax.evaluation import metrics, visualize
 from spnet_jax.models import SegmentationNet, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
+from spnet_jax.train.step import logits_for_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +112,6 @@ def eval_logits(
   msc_scales: tuple[float, ...],
 ) -> jax.Array:
   """Fused multi-scale logits of the `candidates` classes at the labels' size [B, h, w, K]."""
-  from spnet_jax.step import logits_for_classes  # Avoids an import cycle.
-
   images, labels = batch["image"], batch["label"]
   class_ids = jnp.asarray(candidates)
   logits_fn = lambda x: logits_for_classes(model, variables, x, class_embeddings, class_ids)

@@ -1,10 +1,9 @@
-"""The training loop: input stream to the jitted step (spnet_jax/step.py), logging, checkpoints."""
+"""The training loop: input stream to the jitted step (train/step.py), logging, checkpoints."""
 
 import functools
 import signal
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,13 +15,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from spnet_jax import checkpoint
-from spnet_jax import optimizer as optim
-from spnet_jax import step as step_lib
-from spnet_jax.data import fewshot, pipeline
-
-if TYPE_CHECKING:
-  from spnet_jax import experiment
+from spnet_jax.train import checkpoint
+from spnet_jax.train import optimizer as optim
+from spnet_jax.train import step as step_lib
 
 
 def prefetch_to_device(
@@ -51,7 +46,7 @@ def compile_and_describe(step_fn, *args):
   cost = cost[0] if isinstance(cost, list) else cost
   flops = f"{cost.get('flops', float('nan')) / 1e9:.3g} GFLOP per step"
   if jax.default_backend() == "gpu":  # cuDNN convolutions are custom calls XLA does not count.
-    flops = "FLOPs: see python -m spnet_jax.benchmark (XLA's GPU count omits convolutions)"
+    flops = "FLOPs: see python -m spnet_jax.bench.benchmark (XLA's GPU count omits convolutions)"
   memory = compiled.memory_analysis()
   mib = lambda n: f"{n / 2**20:,.1f} MiB"
   if memory is not None:
@@ -167,10 +162,17 @@ class TrainLog:
 def train(
   config: ml_collections.ConfigDict,
   workdir: str,
-  setup: "experiment.RunSetup",
   state: step_lib.TrainState,
   manager,
   writer: metric_writers.MetricWriter,
+  *,
+  model,
+  tx,
+  mesh: jax.sharding.Mesh,
+  class_embeddings: np.ndarray,
+  train_classes: Sequence[int],
+  num_unseen: int,
+  make_batches: Callable[[int], Iterator[dict[str, np.ndarray]]],
 ) -> tuple[step_lib.TrainState, bool]:
   """Runs the training loop from state.step to config.train.num_steps.
 
@@ -178,12 +180,24 @@ def train(
   stops the run with its step number; parameters are checked before every save, so the last
   checkpoint on disk is always a good one. SIGTERM saves the current step and stops early.
 
+  Args:
+    config: the run's config.
+    workdir: the run's folder.
+    state: the state to continue from (its step is the first step trained).
+    manager: the Orbax checkpoint manager of the workdir.
+    writer: metric writer.
+    model: the network.
+    tx: its optimiser.
+    mesh: device mesh; batches are split over its 'data' axis.
+    class_embeddings: [num_classes, d_w] class embedding matrix.
+    train_classes: label values trained on, in training-label order.
+    num_unseen: self-training: how many trailing train_classes get pseudo-labels (else 0).
+    make_batches: start step -> this process's share of each global batch from that step.
+
   Returns:
     The final state, and whether training stopped early on SIGTERM.
   """
   cfg = config.train
-  mesh, model = setup.mesh, setup.model
-  tx = setup.tx
   start_step = int(state.step)
   num_steps = cfg.num_steps
   if start_step >= num_steps:
@@ -193,35 +207,20 @@ def train(
   replicated = NamedSharding(mesh, P())
   local_batch = cfg.batch_size // jax.process_count()
   # The data stream is a function of the seed and the step: a resumed run continues it exactly.
-  if setup.pool:
-    batches = fewshot.create_fewshot_iterator(
-      config.data, setup.builder, setup.pool, cfg.batch_size, config.seed, start_step=start_step
-    )
-  else:
-    # Labels of the trained classes only: with self-training the unseen classes' pixels must
-    # stay ignore pixels, for the pseudo-labels to fill (their ground truth is never seen).
-    batches = pipeline.create_train_iterator(
-      config.data,
-      setup.builder,
-      setup.split.train_classes,
-      cfg.batch_size,
-      config.seed,
-      start_step=start_step,
-    )
+  batches = make_batches(start_step)
   step_fn = jax.jit(
     functools.partial(
       step_lib.train_step,
       model=model,
       tx=tx,
       config=config,
-      train_classes=np.asarray(setup.train_classes),
-      # Self-training: the trailing unseen classes of train_classes get pseudo-labels.
-      num_unseen=len(setup.split.unseen) if config.selftrain.fraction > 0 else 0,
+      train_classes=np.asarray(train_classes),
+      num_unseen=num_unseen,
     ),
     donate_argnums=(0,),
     out_shardings=(replicated, replicated),
   )
-  class_embeddings = jax.device_put(setup.class_embeddings, replicated)
+  class_embeddings = jax.device_put(class_embeddings, replicated)
   rng = jax.device_put(jax.random.key_data(jax.random.key(config.seed + 1)), replicated)
   rng = jax.random.wrap_key_data(rng)
   report = periodic_actions.ReportProgress(

@@ -1,7 +1,7 @@
 """Summarises results.json files as Markdown tables with medians over seeds.
 
-python -m spnet_jax.report workdirs/seed0 workdirs/seed1 workdirs/seed2
-The tables of the whole results suite (spnet_jax.suite) come from `suite_summary`.
+python -m spnet_jax.tools.report workdirs/seed0 workdirs/seed1 workdirs/seed2
+The tables of the whole results suite (spnet_jax.tools.suite) come from `suite_summary`.
 """
 
 import json
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
   print(markdown_table(argv))
 
 
-# The results suite (spnet_jax.suite): one workdir per seed and stage under a root folder.
+# The results suite (spnet_jax.tools.suite): one workdir per seed and stage under a root folder.
 ZERO_LABEL_ROWS = (
   # (method, stage, GZLSS key, show the stage's ZLSS)
   ("HVSL (hinge loss baseline)", "hvsl", "uncalibrated", True),
@@ -84,7 +84,7 @@ GENERALIZED = ("seen_miou", "unseen_miou", "harmonic", "miou", "gamma")
 def _load_test(path: str) -> dict:
   if not os.path.exists(path):
     raise ValueError(
-      f"{path} does not exist: run `python -m spnet_jax.suite` with the same --workdir_root "
+      f"{path} does not exist: run `python -m spnet_jax.tools.suite` with the same --workdir_root "
       "(it continues where it stopped)."
     )
   with open(path) as f:

@@ -1,4 +1,4 @@
-"""Starts a run from converted weights (config.model.init_checkpoint, see spnet_jax/convert.py).
+"""Starts a run from converted weights (config.model.init_checkpoint; spnet_jax/interop/convert.py).
 
 The converted checkpoint records the input convention its weights expect and the architecture it
 fits; both are checked against the config, because a wrong convention silently costs accuracy.
@@ -14,7 +14,7 @@ from absl import logging
 
 def expected_fields(metadata: dict) -> dict[str, object]:
   """Config fields (as 'section.name') whose values the converted weights require."""
-  from spnet_jax import convert  # Reading metadata needs no torch.
+  from spnet_jax.interop import convert  # Reading metadata needs no torch.
 
   expected: dict[str, object] = {
     "data.image_mode": metadata.get("image_mode"),
@@ -86,7 +86,7 @@ def merge_variables(target: dict, source: dict, path: str) -> tuple[dict, list[s
 
 def load_into_state(state, config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
   """Returns `state` with the weights of config.model.init_checkpoint and a fresh optimiser."""
-  from spnet_jax import convert  # Reading converted weights needs no torch.
+  from spnet_jax.interop import convert  # Reading converted weights needs no torch.
 
   path = config.model.init_checkpoint
   variables, metadata = convert.load_converted(path)

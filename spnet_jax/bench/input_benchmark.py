@@ -1,6 +1,6 @@
 """Measures the training input pipeline: images/s of tf.data preprocessing for a config.
 
-  python -m spnet_jax.input_benchmark --config configs/coco_zlss.py \
+  python -m spnet_jax.bench.input_benchmark --config configs/coco_zlss.py \
     --config.data.data_dir=/data/tfds [--batches 50]
 
 With --fake_images N it first writes N fake photo-sized (640x480 and alike) images in the
@@ -15,14 +15,14 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from spnet_jax import host
+from spnet_jax.bench import host
 from spnet_jax.data import datasets, pipeline, splits
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-  # Defined only when run as a command: spnet_jax.benchmark imports this module with its own.
+  # Defined only when run as a command: spnet_jax.bench.benchmark imports this module with its own.
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
   flags.DEFINE_integer("batches", 40, "Batches timed after warm-up.")
   flags.DEFINE_integer("warmup_batches", 5, "Batches read before timing.")
@@ -61,7 +61,7 @@ def measure(config, fake_images: int, batches: int, warmup: int) -> dict:
   """time_pipeline on the config's dataset, or on `fake_images` generated photo-sized images."""
   with tempfile.TemporaryDirectory() as scratch:
     if fake_images:
-      from spnet_jax.data import fake_data
+      from spnet_jax.testing import fake_data
 
       manual = os.path.join(scratch, "manual")
       fake_data.write_fake_manual_dir(

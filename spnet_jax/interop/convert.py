@@ -1,11 +1,11 @@
 """PyTorch checkpoints (deeplab-pytorch, SPNet, torchvision) -> Flax variables for spnet_jax.
 
 Run (torch is needed only to read the .pth file: `pip install torch==2.13.0`):
-  python -m spnet_jax.convert --format spnet --arch resnet101 \
+  python -m spnet_jax.interop.convert --format spnet --arch resnet101 \
     --input logs/cocostuff/exp/checkpoint_20000.pth.tar --output /data/spnet_coco_20k
-  python -m spnet_jax.convert --format deeplab-pytorch --arch resnet101 \
+  python -m spnet_jax.interop.convert --format deeplab-pytorch --arch resnet101 \
     --input deeplabv2_resnet101_init.pth --output /data/deeplabv2_init
-  python -m spnet_jax.convert --format torchvision --arch vgg16 \
+  python -m spnet_jax.interop.convert --format torchvision --arch vgg16 \
     --input vgg16-397923af.pth --output /data/vgg16_imagenet
 
 The output folder holds `variables/` (an Orbax checkpoint of {'params', 'batch_stats'} with only
@@ -509,7 +509,7 @@ def load_converted(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
   if not os.path.exists(metadata_path):
     raise FileNotFoundError(
       f"{metadata_path} does not exist: {directory} is not a finished `python -m "
-      "spnet_jax.convert` output."
+      "spnet_jax.interop.convert` output."
     )
   with open(metadata_path) as f:
     metadata = json.load(f)

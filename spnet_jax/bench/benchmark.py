@@ -1,6 +1,6 @@
 """Times a config's training step, MSC evaluation and input pipeline; FLOPs, FLOP/s and MFU.
 
-  python -m spnet_jax.benchmark --config configs/coco_zlss.py [--config.model.dtype=bfloat16]
+  python -m spnet_jax.bench.benchmark --config configs/coco_zlss.py [--config.model.dtype=bfloat16]
       [--steps 10] [--peak_tflops 989] [--torch] [--json BENCH.json] [--profile_dir DIR]
 
 The model, optimiser and jitted step are the ones training builds from the config; inputs are
@@ -8,8 +8,8 @@ random arrays of the training crop (or --image_size), so no dataset is needed ex
 input-pipeline part (--parts input, with a prepared dataset or --fake_images N). FLOPs come from
 the compiled executable's cost analysis; MFU divides the achieved FLOP/s by --peak_tflops, or by
 the datasheet dense bf16 peak of a known accelerator. --torch also times the PyTorch reference
-network (spnet_jax/torch_reference.py) on the same weights, inputs and thread count and prints
-the ratio (ResNet-101 + ASPP projection only).
+network (spnet_jax/testing/torch_reference.py) on the same weights, inputs and thread count
+and prints the ratio (ResNet-101 + ASPP projection only).
 """
 
 import functools
@@ -27,12 +27,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from spnet_jax import host, step
-from spnet_jax import optimizer as optim
+from spnet_jax.bench import host
+from spnet_jax.bench.timing import time_calls
 from spnet_jax.data import splits
 from spnet_jax.models import conv_method, create_model, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
-from spnet_jax.timing import time_calls
+from spnet_jax.train import optimizer as optim
+from spnet_jax.train import step
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
@@ -299,7 +300,7 @@ def time_evaluation(
 
 def time_input(config) -> dict:
   """images/s of the tf.data training stream (input_benchmark), as a row of the table."""
-  from spnet_jax import input_benchmark  # TensorFlow only for this part.
+  from spnet_jax.bench import input_benchmark  # TensorFlow only for this part.
 
   figures = input_benchmark.measure(config, FLAGS.fake_images, batches=20, warmup=3)
   return {
@@ -312,7 +313,7 @@ def time_input(config) -> dict:
 
 def torch_side_by_side(bench: Bench, jax_losses: list[float], warmup: int, steps: int) -> dict:
   """The PyTorch reference train step on the same weights, inputs and threads."""
-  from spnet_jax import torch_benchmark
+  from spnet_jax.bench import torch_benchmark
 
   figures = torch_benchmark.time_training(
     bench.config,
@@ -393,7 +394,7 @@ def main(argv):
   rows, result = [], {"environment": env, "peak_tflops": peak, "peak_source": peak_source}
   bench, variables = None, None
   if FLAGS.torch:
-    from spnet_jax import torch_benchmark
+    from spnet_jax.bench import torch_benchmark
 
     # Both frameworks start from the same random PyTorch state dict.
     variables = torch_benchmark.converted_variables(config, FLAGS.embedding_dim)

@@ -1,7 +1,7 @@
 """The paper's Figs. 3, 4 and 5 as PNG files, from a run's workdir or a results suite's root.
 
-  python -m spnet_jax.figures --workdir workdirs/shapes_zlss
-  python -m spnet_jax.figures --suite_root workdirs/suite
+  python -m spnet_jax.tools.figures --workdir workdirs/shapes_zlss
+  python -m spnet_jax.tools.figures --suite_root workdirs/suite
 
 --workdir writes, into the workdir, per_class_iou.png (Fig. 3: per-class IoU of the unseen
 classes ordered by their mean object size on the test split) and calibration_curve.png (Fig. 4:
@@ -17,8 +17,9 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from spnet_jax import experiment, metrics
+from spnet_jax import experiment
 from spnet_jax.data import splits
+from spnet_jax.evaluation import metrics
 
 PER_CLASS_FIGURE = "per_class_iou.png"
 CALIBRATION_FIGURE = "calibration_curve.png"
@@ -297,7 +298,7 @@ def suite_figure(root: str, gflss_metric: str = "miou") -> str:
   path = os.path.join(root, "suite.json")
   if not os.path.exists(path):
     raise ValueError(
-      f"{path} does not exist: run `python -m spnet_jax.suite --workdir_root {root}` (add "
+      f"{path} does not exist: run `python -m spnet_jax.tools.suite --workdir_root {root}` (add "
       "--report_only when every run already has its results)."
     )
   with open(path) as f:
