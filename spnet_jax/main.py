@@ -1,4 +1,12 @@
-"""Entry point: `python -m spnet_jax.main --config configs/<experiment>.py --workdir <dir>`."""
+"""Trains and evaluates an experiment (the main entry point; installed as `spnet-train`).
+
+  python -m spnet_jax.main --config configs/<experiment>.py --workdir <dir> [--config.<field>=V]
+
+Every field of the config file can be overridden on the command line, e.g.
+  --config.train.num_steps=500 --config.data.split=block --config.model.dtype=bfloat16
+(`--config.mode=evaluate` evaluates the workdir's checkpoint without training). Rerunning the
+same command resumes from the workdir's latest checkpoint.
+"""
 
 import logging as std_logging
 import os
@@ -8,7 +16,7 @@ from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from spnet_jax import experiment, zsl
+from spnet_jax import cli, experiment, zsl
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, summaries and results.json.")
@@ -77,7 +85,7 @@ def main(argv):
 
 def run() -> None:
   """The `spnet-train` command (also `python -m` of this module)."""
-  app.run(main)
+  cli.run(main, __doc__)
 
 
 if __name__ == "__main__":

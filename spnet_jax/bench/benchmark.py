@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
+from spnet_jax import cli
 from spnet_jax.bench import host
 from spnet_jax.bench.timing import time_calls
 from spnet_jax.data import splits
@@ -432,7 +433,7 @@ def main(argv):
 
 def run() -> None:
   """The `spnet-benchmark` command (also `python -m` of this module)."""
-  app.run(main)
+  cli.run(main, __doc__)
 
 
 if __name__ == "__main__":

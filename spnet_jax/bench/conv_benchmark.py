@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from spnet_jax import cli
 from spnet_jax.bench import host
 from spnet_jax.bench.timing import time_calls
 from spnet_jax.models import kernel_grad, lax_conv, layers
@@ -155,8 +156,7 @@ def _define_flags():
 
 def run() -> None:
   """The `spnet-conv-benchmark` command (also `python -m` of this module)."""
-  _define_flags()
-  app.run(main)
+  cli.run(main, __doc__, _define_flags)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ import os
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from spnet_jax import cli
 from spnet_jax.bench import host
 from spnet_jax.data import datasets, pipeline, splits
 
@@ -89,8 +90,7 @@ def main(argv):
 
 def run() -> None:
   """The `spnet-input-benchmark` command (also `python -m` of this module)."""
-  _define_flags()
-  app.run(main)
+  cli.run(main, __doc__, _define_flags)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ python -m spnet_jax.data.prepare --dataset coco_stuff --manual_dir /data/cocostu
 python -m spnet_jax.data.prepare --dataset voc_sbd --manual_dir /data/voc_sbd
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from spnet_jax import cli
 from spnet_jax.data import datasets
 
 _DATASET = flags.DEFINE_string("dataset", "shapes", "Dataset to prepare (config.data.name).")
@@ -30,7 +31,7 @@ def main(argv):
 
 def run() -> None:
   """The `spnet-prepare` command (also `python -m` of this module)."""
-  app.run(main)
+  cli.run(main, __doc__)
 
 
 if __name__ == "__main__":

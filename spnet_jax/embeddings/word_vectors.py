@@ -29,6 +29,7 @@ from typing import BinaryIO
 import numpy as np
 from absl import app, flags, logging
 
+from spnet_jax import cli
 from spnet_jax.data import splits
 
 # Pieces of class names that are not words of the vocabularies (one token in the dataset's class
@@ -404,8 +405,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
   """The `spnet-word-vectors` command (also `python -m` of this module)."""
-  _define_flags()
-  app.run(main)
+  cli.run(main, __doc__, _define_flags)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from spnet_jax import models
+from spnet_jax import cli, models
 
 FORMATS = ("deeplab-pytorch", "spnet", "torchvision")
 ARCHS = ("resnet101", "vgg16")
@@ -585,8 +585,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """The `spnet-convert` command (also `python -m` of this module)."""
-  _define_flags()
-  app.run(main)
+  cli.run(main, __doc__, _define_flags)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from spnet_jax import experiment
+from spnet_jax import cli, experiment
 from spnet_jax.data import splits
 from spnet_jax.evaluation import metrics
 
@@ -332,8 +332,7 @@ def define_flags() -> None:
 
 def run() -> None:
   """The `spnet-figures` command (also `python -m` of this module)."""
-  define_flags()
-  app.run(main)
+  cli.run(main, __doc__, define_flags)
 
 
 if __name__ == "__main__":

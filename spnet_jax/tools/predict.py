@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from PIL import Image, UnidentifiedImageError
 
-from spnet_jax import experiment
+from spnet_jax import cli, experiment
 from spnet_jax.data import pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
 from spnet_jax.embeddings import word_vectors
@@ -389,8 +389,7 @@ def main(argv):
 
 def run() -> None:
   """The `spnet-predict` command (also `python -m` of this module)."""
-  _define_flags()
-  app.run(main)
+  cli.run(main, __doc__, _define_flags)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,9 @@ def markdown_table(workdirs: list[str]) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if not argv:
-    raise SystemExit(__doc__)
+  if not argv or argv[0].split("=")[0] in ("--help", "-h", "-help", "-?"):
+    print(__doc__)
+    raise SystemExit(0 if argv else 2)
   print(markdown_table(argv))
 
 

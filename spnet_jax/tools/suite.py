@@ -25,7 +25,7 @@ import ml_collections
 from absl import app, flags, logging
 
 from configs import shapes_flss, shapes_selftrain, shapes_zlss
-from spnet_jax import experiment
+from spnet_jax import cli, experiment
 from spnet_jax.tools import report
 
 flags.DEFINE_string("workdir_root", None, "Folder that receives one workdir per run.")
@@ -150,7 +150,7 @@ def main(argv):
 
 def run() -> None:
   """The `spnet-suite` command (also `python -m` of this module)."""
-  app.run(main)
+  cli.run(main, __doc__)
 
 
 if __name__ == "__main__":
