@@ -31,6 +31,7 @@ from spnet_jax import cli
 from spnet_jax.bench import host
 from spnet_jax.bench.timing import time_calls
 from spnet_jax.data import splits
+from spnet_jax.evaluation import calibrated_prediction
 from spnet_jax.models import conv_method, create_model, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
 from spnet_jax.train import optimizer as optim
@@ -278,13 +279,15 @@ def time_evaluation(
   """The evaluation forward: MSC logits over every class, resized to the input, argmax."""
   config = bench.config
   candidates = jnp.asarray(bench.split.eval_classes)
+  calibrated = np.isin(bench.split.eval_classes, bench.split.train_classes)
   scales = tuple(config.model.msc_scales)
   variables = {"params": bench.state.params, "batch_stats": bench.state.frozen}
 
   def forward(model, variables, images, embeddings):
     logits_fn = lambda x: step.logits_for_classes(model, variables, x, embeddings, candidates)
     fused = msc.multi_scale_logits(logits_fn, images, scales)[-1]
-    return jnp.argmax(msc.resize_logits(fused, *images.shape[1:3]), axis=-1)
+    logits = msc.resize_logits(fused, *images.shape[1:3])
+    return calibrated_prediction.calibrated_choice(logits, calibrated, gamma=0.0)
 
   batch = config.eval.batch_size
   images = random_inputs(config, eval_size, 2, batch)["image"]

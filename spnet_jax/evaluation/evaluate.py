@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from spnet_jax.data import pipeline, splits
-from spnet_jax.evaluation import metrics, visualize
+from spnet_jax.evaluation import calibrated_prediction, metrics, visualize
 from spnet_jax.models import SegmentationNet, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
 from spnet_jax.train.step import logits_for_classes
@@ -85,9 +85,8 @@ def calibrated_predictions(logits: jax.Array, tasks: EvalTasks, gamma: jax.Array
   """GZLSS prediction: softmax over candidates, minus gamma for trained classes, argmax."""
   candidates = jnp.asarray(tasks.candidates)
   usable = jnp.asarray(tasks.available)[candidates]
-  masked = jnp.where(usable, logits, -jnp.inf)
-  probs = jax.nn.softmax(masked, axis=-1)
-  probs = probs - gamma * jnp.asarray(tasks.calibrated, jnp.float32)
+  probs = calibrated_prediction.candidate_probabilities(logits, usable)
+  probs = calibrated_prediction.calibrate(probs, tasks.calibrated, gamma)
   return predict(probs, candidates, usable, tasks.num_classes)
 
 

@@ -31,7 +31,7 @@ from spnet_jax import cli, experiment
 from spnet_jax.data import pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
 from spnet_jax.embeddings import word_vectors
-from spnet_jax.evaluation import visualize
+from spnet_jax.evaluation import calibrated_prediction, visualize
 from spnet_jax.models import create_model, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
 from spnet_jax.train import checkpoint
@@ -242,8 +242,7 @@ class Predictor:
       logits_fn = lambda x: jnp.take(self.model.apply(variables, x), self.columns, axis=-1)
     fused = msc.multi_scale_logits(logits_fn, images, tuple(self.config.model.msc_scales))[-1]
     scores = msc.resize_logits_per_image(fused, sizes, canvas)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1) - gamma * calibrated
-    return jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    return calibrated_prediction.calibrated_choice(scores, calibrated, gamma).astype(jnp.int32)
 
   def predict_batch(self, images: list[np.ndarray], gamma: float, batch_size: int) -> list:
     """Label maps [H, W] of same-bucket images (padded to batch_size: one compile per bucket)."""

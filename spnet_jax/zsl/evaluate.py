@@ -8,7 +8,7 @@ for the classes trained on, argmax; gamma = 0 is the uncalibrated classifier.
 
 import numpy as np
 
-from spnet_jax.evaluation import metrics
+from spnet_jax.evaluation import calibrated_prediction, metrics
 
 
 def mean_per_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -28,18 +28,11 @@ def mean_per_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> floa
   return float(np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  """Row-wise softmax in float64."""
-  logits = np.asarray(logits, np.float64)
-  exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-  return exp / exp.sum(axis=1, keepdims=True)
-
-
 def predict(
   probabilities: np.ndarray, candidates: np.ndarray, calibrated: np.ndarray, gamma: float
 ) -> np.ndarray:
-  """Class ids of argmax_k (p_k - gamma * calibrated_k) over the candidate classes."""
-  adjusted = probabilities - gamma * np.asarray(calibrated, np.float64)
+  """Class ids of the calibrated prediction (evaluation/calibrated_prediction.py's rule)."""
+  adjusted = calibrated_prediction.calibrate(probabilities, calibrated, gamma)
   return np.asarray(candidates)[np.argmax(adjusted, axis=1)]
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
+from spnet_jax.evaluation import calibrated_prediction
 from spnet_jax.zsl import data, model
 from spnet_jax.zsl import evaluate as zsl_eval
 
@@ -162,7 +163,8 @@ def generalized_sweep(
   """GZSL S / U / H of a trained model at each gamma, the candidates' softmax calibrated."""
 
   def probabilities(images):
-    return zsl_eval.softmax(trained.scores(dataset.features[images], attributes[candidates]))
+    scores = trained.scores(dataset.features[images], attributes[candidates])
+    return calibrated_prediction.candidate_probabilities(np.asarray(scores))
 
   return zsl_eval.gzsl_sweep(
     probabilities(seen_images),

@@ -1,0 +1,1 @@
+"""SPNet (Semantic Projection Network) for zero- and few-label semantic segmentation in JAX."""

@@ -1,0 +1,1 @@
+"""Benchmarks: the training step, convolutions, the input pipeline, PyTorch timing."""

@@ -1,0 +1,1 @@
+"""Datasets, class splits and the tf.data input pipeline."""

@@ -1,0 +1,91 @@
+"""Dataset registry: config.data.name -> a prepared TFDS builder (or a clear error)."""
+
+import importlib
+import os
+
+import ml_collections
+import tensorflow_datasets as tfds
+from absl import logging
+
+# config.data.name -> (module defining the TFDS builder, TFDS builder name). Modules are imported
+# on demand: importing one registers its builder with TFDS.
+_BUILDERS = {
+  "shapes": ("spnet_jax.data.shapes", "spnet_shapes"),
+  "coco_stuff": ("spnet_jax.data.coco_stuff", "coco_stuff"),
+  "voc_sbd": ("spnet_jax.data.voc_sbd", "voc_sbd"),
+}
+# What the manual directory of each real dataset holds (README.md, section 'Datasets').
+MANUAL_CONTENTS = {
+  "coco_stuff": "train2017/ val2017/ stuffthingmaps/{train2017,val2017}/",
+  "voc_sbd": "JPEGImages/ SegmentationClassAug/ train_ids.txt test_ids.txt",
+}
+
+
+def data_dir_default() -> str:
+  """$TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+
+def data_dir(config: ml_collections.ConfigDict) -> str:
+  """TFDS folder: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.path.expanduser(config.data.data_dir) if config.data.data_dir else data_dir_default()
+
+
+def prepare_command(name: str, directory: str) -> str:
+  """The shell command that prepares dataset `name` into `directory`."""
+  command = f"python -m spnet_jax.data.prepare --dataset {name} --data_dir {directory}"
+  if name in MANUAL_CONTENTS:
+    command += f" --manual_dir <folder with {MANUAL_CONTENTS[name]}>"
+  return command
+
+
+def create_builder(name: str, builder_config: str, directory: str) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of dataset `name` (prepared or not) in `directory`."""
+  if name not in _BUILDERS:
+    raise ValueError(f"Unknown dataset config.data.name={name!r}; valid: {sorted(_BUILDERS)}.")
+  module, tfds_name = _BUILDERS[name]
+  importlib.import_module(module)
+  return tfds.builder(f"{tfds_name}/{builder_config}", data_dir=directory)
+
+
+def prepare(name: str, builder_config: str, directory: str, manual_dir: str = ""):
+  """Prepares dataset `name` in `directory` (reading `manual_dir` for the real datasets)."""
+  builder = create_builder(name, builder_config, directory)
+  download_config = None
+  if name in MANUAL_CONTENTS:
+    if not manual_dir:
+      raise ValueError(
+        f"Preparing {name!r} needs --manual_dir: the folder holding {MANUAL_CONTENTS[name]} "
+        "(README.md, section 'Datasets')."
+      )
+    download_config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir))
+  builder.download_and_prepare(download_config=download_config)
+  return builder
+
+
+def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Returns the prepared builder of config.data.name, preparing it when allowed.
+
+  The shapes dataset is generated on first use when config.data.auto_prepare is set; the real
+  datasets are prepared by config.data.auto_prepare only when config.data.manual_dir is given.
+
+  Raises:
+    ValueError: the dataset name is unknown, or the dataset is not prepared (the message gives
+      the command that prepares it).
+  """
+  name = config.data.name
+  directory = data_dir(config)
+  builder = create_builder(name, config.data.builder_config, directory)
+  if builder.is_prepared():
+    return builder
+  manual_dir = config.data.get("manual_dir", "")
+  if config.data.auto_prepare and (name not in MANUAL_CONTENTS or manual_dir):
+    logging.info(
+      "Preparing %s (%s) in %s; this happens once.", name, builder.info.full_name, directory
+    )
+    return prepare(name, config.data.builder_config, directory, manual_dir)
+  raise ValueError(
+    f"Dataset {name!r} ({config.data.builder_config}) is not prepared in {directory}. "
+    f"Prepare it with:\n  {prepare_command(name, directory)}\nor point config.data.data_dir at "
+    "the folder that holds it (README.md, section 'Datasets')."
+  )

@@ -1,0 +1,38 @@
+"""Prepares a dataset as TFDS files.
+
+python -m spnet_jax.data.prepare --dataset shapes
+python -m spnet_jax.data.prepare --dataset coco_stuff --manual_dir /data/cocostuff
+python -m spnet_jax.data.prepare --dataset voc_sbd --manual_dir /data/voc_sbd
+"""
+
+from absl import flags, logging
+
+from spnet_jax import cli
+from spnet_jax.data import datasets
+
+_DATASET = flags.DEFINE_string("dataset", "shapes", "Dataset to prepare (config.data.name).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", "", "TFDS data folder (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)."
+)
+_MANUAL_DIR = flags.DEFINE_string(
+  "manual_dir", "", "Folder with the unpacked archives (coco_stuff, voc_sbd; README 'Datasets')."
+)
+_BUILDER_CONFIG = flags.DEFINE_string("builder_config", "default", "TFDS builder config.")
+
+
+def main(argv):
+  del argv
+  directory = _DATA_DIR.value or datasets.data_dir_default()
+  builder = datasets.prepare(_DATASET.value, _BUILDER_CONFIG.value, directory, _MANUAL_DIR.value)
+  for split, info in builder.info.splits.items():
+    logging.info("%s: %d examples", split, info.num_examples)
+  print(f"Prepared {builder.info.full_name} in {builder.data_dir}")
+
+
+def run() -> None:
+  """The `spnet-prepare` command (also `python -m` of this module)."""
+  cli.run(main, __doc__)
+
+
+if __name__ == "__main__":
+  run()

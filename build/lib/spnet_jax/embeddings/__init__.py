@@ -1,0 +1,1 @@
+"""Class embeddings: matrices from word-vector files or attributes."""

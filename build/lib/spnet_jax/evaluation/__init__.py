@@ -1,0 +1,1 @@
+"""Evaluation: the eval step, calibrated predictions, metrics, calibration."""

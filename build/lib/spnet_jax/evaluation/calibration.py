@@ -1,0 +1,62 @@
+"""Calibration factor files: the gamma sweep of a held-out-classes run, written and read back.
+
+A run with config.data.hold_out_val_classes=True trains on the seen classes only and treats the
+val classes as unseen; its sweep of S / U / H over gamma (on the calibration split) is the
+paper's way to choose gamma without touching the test classes. The final run reads the chosen
+gamma with config.eval.gamma_file.
+"""
+
+import json
+import os
+
+import numpy as np
+
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_PLOT = "calibration.png"
+
+
+def write_sweep(workdir: str, sweep: dict, held_out: list[str], step: int) -> str:
+  """Writes calibration.json and a plot of S / U / H against gamma; returns the json path."""
+  record = {**sweep, "held_out_classes": held_out, "step": step}
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  plot_sweep(record, os.path.join(workdir, CALIBRATION_PLOT))
+  return path
+
+
+def plot_sweep(record: dict, path: str) -> None:
+  """S (seen), U (held-out) and H mIoU against gamma, the chosen gamma marked (headless)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  gammas = record["gammas"]
+  figure, axis = plt.subplots(figsize=(5, 3.5))
+  for key, label in (("seen_miou", "S (seen)"), ("unseen_miou", "U (held out)"), ("harmonic", "H")):
+    values = [np.nan if v is None else 100 * v for v in record[key]]
+    axis.plot(gammas, values, marker="o", markersize=3, label=label)
+  axis.axvline(record["best_gamma"], color="grey", linestyle="--", linewidth=1)
+  axis.set_xlabel("calibration factor gamma")
+  axis.set_ylabel("mIoU (%)")
+  axis.set_title(f"Calibration sweep, best gamma {record['best_gamma']:.2f}")
+  axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def read_gamma(path: str) -> tuple[float, str]:
+  """The best gamma of a calibration.json, and a sentence saying where it came from."""
+  if not os.path.exists(path):
+    raise ValueError(
+      f"config.eval.gamma_file={path!r} does not exist: run the calibration first with "
+      "--config.data.hold_out_val_classes=True (it writes calibration.json in its workdir)."
+    )
+  with open(path) as f:
+    record = json.load(f)
+  if "best_gamma" not in record or "held_out_classes" not in record:
+    raise ValueError(f"{path} is not a calibration.json written by a held-out-classes run.")
+  classes = ", ".join(record["held_out_classes"])
+  return float(record["best_gamma"]), f"best H with the val classes held out ({classes}), {path}"

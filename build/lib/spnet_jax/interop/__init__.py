@@ -1,0 +1,1 @@
+"""PyTorch checkpoints: conversion to JAX variables and pretrained initialisation."""

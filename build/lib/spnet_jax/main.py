@@ -1,0 +1,92 @@
+"""Trains and evaluates an experiment (the main entry point; installed as `spnet-train`).
+
+  python -m spnet_jax.main --config configs/<experiment>.py --workdir <dir> [--config.<field>=V]
+
+Every field of the config file can be overridden on the command line, e.g.
+  --config.train.num_steps=500 --config.data.split=block --config.model.dtype=bfloat16
+(`--config.mode=evaluate` evaluates the workdir's checkpoint without training). Rerunning the
+same command resumes from the workdir's latest checkpoint.
+"""
+
+import logging as std_logging
+import os
+
+import jax
+from absl import app, flags, logging
+from clu import platform
+from ml_collections import config_flags
+
+from spnet_jax import cli, experiment, zsl
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, summaries and results.json.")
+config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file (configs/*.py).", lock_config=True
+)
+flags.DEFINE_bool("verbose_libraries", False, "Keep the INFO logs of orbax (one line per I/O).")
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Multi-process runs (GPU clusters, local CPU tests): HOST:PORT of process 0. TPU pods and "
+  "SLURM jobs are detected without it.",
+)
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Call jax.distributed.initialize() with cluster auto-detection (TPU pod slices, SLURM, "
+  "Open MPI, ...). Implied under SLURM with more than one task.",
+)
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietOrbax(std_logging.Filter):
+  """Drops orbax's INFO chatter (several lines per save/restore); warnings still pass."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def initialize_distributed() -> None:
+  """Joins the other processes of a multi-host run; a single-host run needs nothing."""
+  if FLAGS.coordinator_address:
+    if FLAGS.num_processes is None or FLAGS.process_id is None:
+      raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+    # CPU processes exchange collectives through gloo (GPU and TPU use their own transports).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+      FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+    )
+  elif FLAGS.distributed or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    # JAX reads the coordinator, process count and index from SLURM or the TPU metadata.
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS.verbose_libraries:
+    logging.get_absl_logger().addFilter(_QuietOrbax())
+  initialize_distributed()
+  logging.info(
+    "JAX process %d / %d, local devices: %s",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_devices(),
+  )
+  platform.work_unit().set_task_status(f"process_index: {jax.process_index()}")
+  platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, FLAGS.workdir, "workdir")
+  if FLAGS.config.get("task") == "zsl_classification":
+    zsl.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def run() -> None:
+  """The `spnet-train` command (also `python -m` of this module)."""
+  cli.run(main, __doc__)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,1 @@
+"""Fakes and references shared by the tests and the benchmarks."""

@@ -1,0 +1,1 @@
+"""Commands that work on finished runs: predict, figures, report, the results suite."""

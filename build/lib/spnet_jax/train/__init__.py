@@ -1,0 +1,1 @@
+"""Training: the train state and step, the loop, optimiser, losses, checkpoints."""
