@@ -119,8 +119,14 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
     setup.model, setup.tx, rng, config.data.init_image_size, jnp.asarray(setup.class_embeddings)
   )
   rng = jax.random.key(config.seed)
-  abstract = jax.eval_shape(init, rng)
-  abstract = checkpoint.abstract_with_sharding(abstract, replicated)
+  abstract = checkpoint.abstract_train_state(
+    setup.model,
+    setup.tx,
+    config.data.init_image_size,
+    setup.class_embeddings,
+    replicated,
+    config.seed,
+  )
   restored = checkpoint.restore(manager, abstract, step)
   if restored is not None:
     logging.info("Restored checkpoint step %d from %s.", int(restored.step), manager.directory)

@@ -14,7 +14,7 @@ from spnet_jax.data import pipeline, splits
 from spnet_jax.evaluation import calibrated_prediction, metrics, visualize
 from spnet_jax.models import SegmentationNet, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
-from spnet_jax.train.step import logits_for_classes
+from spnet_jax.train.step import logits_for_classes, make_global_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,10 +206,9 @@ def compute_confusions(setup, state, split_name: str, tasks: EvalTasks) -> dict[
     for batch in pipeline.create_eval_batches(
       config.data, setup.builder, split_name, table, local_batch
     ):
-      batch = {
-        k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()
-      }
-      confusions = step(confusions, batch, variables, class_embeddings)
+      confusions = step(
+        confusions, make_global_batch(batch, batch_sharding), variables, class_embeddings
+      )
   return {k: np.asarray(jax.device_get(v), np.int64) for k, v in confusions.items()}
 
 

@@ -36,13 +36,6 @@ def harmonic_mean(seen: float, unseen: float) -> float:
   return float(2 * seen * unseen / (seen + unseen))
 
 
-def pixel_accuracy(confusion: np.ndarray) -> float:
-  """Fraction of labelled pixels predicted correctly."""
-  confusion = np.asarray(confusion, np.float64)
-  total = confusion.sum()
-  return float(np.trace(confusion[:, : confusion.shape[0]]) / total) if total else float("nan")
-
-
 def generalized_scores(confusion: np.ndarray, seen, unseen) -> dict[str, float]:
   """GZLSS/GFLSS summary: mIoU over seen, unseen and all, and their harmonic mean."""
   seen_miou = mean_iou(confusion, seen)

@@ -1,7 +1,6 @@
 """Building blocks shared by the backbones: caffe-style convolutions and frozen BatchNorm."""
 
 import dataclasses
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -225,8 +224,3 @@ def max_pool_ceil(x: jax.Array, window: int, stride: int, padding: int = 0) -> j
     needed = (out - 1) * stride + window - (size + 2 * padding)
     pads.append((padding, padding + max(needed, 0)))
   return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
-
-
-def spatial_size(x: jax.Array) -> Sequence[int]:
-  """(height, width) of an NHWC array."""
-  return x.shape[1:3]

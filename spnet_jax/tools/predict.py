@@ -12,7 +12,6 @@ image it writes <stem>_labels.png (pixel value = index into classes.txt) and <st
 """
 
 import dataclasses
-import functools
 import math
 import os
 import time
@@ -36,7 +35,6 @@ from spnet_jax.models import create_model, msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
 from spnet_jax.train import checkpoint
 from spnet_jax.train import optimizer as optim
-from spnet_jax.train import step as step_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 WORD_VECTOR_FORMATS = {".vec": "fasttext", ".txt": "fasttext", ".bin": "word2vec"}
@@ -190,21 +188,16 @@ class Predictor:
   def _restore(self, workdir: str, step: int | None) -> dict:
     config = self.config
     tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
-    init = functools.partial(
-      step_lib.create_train_state,
-      self.model,
-      tx,
-      image_size=config.data.init_image_size,
-      class_embeddings=jnp.asarray(self.classes.vectors),
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = checkpoint.abstract_train_state(
+      self.model, tx, config.data.init_image_size, self.classes.vectors, device
     )
-    abstract = jax.eval_shape(init, jax.random.key(0))
     manager = checkpoint.create_manager(workdir, config.train.max_checkpoints)
     step = manager.latest_step() if step is None else step
     if step is None:
       raise ValueError(f"{manager.directory} holds no checkpoint: train the run first.")
     self._check_shapes(abstract.params, str(manager.directory), step)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    state = checkpoint.restore(manager, checkpoint.abstract_with_sharding(abstract, device), step)
+    state = checkpoint.restore(manager, abstract, step)
     manager.close()
     return {"params": state.params, FROZEN_COLLECTION: state.frozen}
 

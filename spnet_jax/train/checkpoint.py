@@ -3,7 +3,10 @@
 import os
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from spnet_jax.train import step as step_lib
 
 
 def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
@@ -54,3 +57,16 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
 def abstract_with_sharding(tree, sharding: jax.sharding.Sharding):
   """ShapeDtypeStructs of `tree` (arrays or structs), all with `sharding`."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def abstract_train_state(
+  model, tx, image_size: int, class_embeddings, sharding: jax.sharding.Sharding, seed: int = 0
+):
+  """Shapes, dtypes and `sharding` of a run's train state, computed without initialising it.
+
+  What a checkpoint of the run is restored into (the experiment, `predict`).
+  """
+  init = lambda rng: step_lib.create_train_state(
+    model, tx, rng, image_size, jnp.asarray(class_embeddings)
+  )
+  return abstract_with_sharding(jax.eval_shape(init, jax.random.key(seed)), sharding)

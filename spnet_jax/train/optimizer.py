@@ -132,10 +132,3 @@ def restart_schedule(opt_state):
     opt_state,
     is_leaf=is_schedule,
   )
-
-
-def current_learning_rate(
-  config: ml_collections.ConfigDict, num_steps: int, step: int | jax.Array
-) -> jax.Array:
-  """Base learning rate at `step` (for logging)."""
-  return create_learning_rate_schedule(config, num_steps)(step)
