@@ -19,9 +19,10 @@ from jax.sharding import PartitionSpec as P
 from spnet_jax import config_validation as validation
 from spnet_jax.data import datasets, fewshot, pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
-from spnet_jax.evaluation import calibration, evaluate, metrics
+from spnet_jax.evaluation import calibration, eval_panels, eval_report, eval_step, metrics
 from spnet_jax.interop import pretrained
 from spnet_jax.models import SegmentationNet, create_model
+from spnet_jax.models.layers import FROZEN_COLLECTION
 from spnet_jax.train import checkpoint
 from spnet_jax.train import loop as train
 from spnet_jax.train import optimizer as optim
@@ -202,10 +203,28 @@ def training_batches(setup: RunSetup, start_step: int):
   )
 
 
-def create_eval_tasks(setup: RunSetup) -> evaluate.EvalTasks:
+def evaluate_split(setup: RunSetup, state, split_name: str, tasks) -> dict[str, np.ndarray]:
+  """The run's confusion matrices on a TFDS split (eval_step.compute_confusions)."""
+  config = setup.config
+  local_batch = config.eval.batch_size // jax.process_count()
+  batches = pipeline.create_eval_batches(
+    config.data, setup.builder, split_name, splits.eval_label_table(setup.split), local_batch
+  )
+  return eval_step.compute_confusions(
+    {"params": state.params, FROZEN_COLLECTION: state.frozen},
+    batches,
+    setup.class_embeddings,
+    model=setup.model,
+    tasks=tasks,
+    mesh=setup.mesh,
+    msc_scales=tuple(config.model.msc_scales),
+  )
+
+
+def create_eval_tasks(setup: RunSetup) -> eval_step.EvalTasks:
   """What the run is scored on: its split's classes, every gamma of the sweep."""
   config = setup.config
-  return evaluate.create_tasks(
+  return eval_step.create_tasks(
     setup.split,
     gamma_grid(config),
     learned_classifier=config.model.classifier != "projection",
@@ -228,8 +247,8 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.n
   calibration_split = config.eval.calibration_split
   sweep = None
   if calibration_split:
-    sweep_conf = evaluate.compute_confusions(setup, state, calibration_split, tasks)
-    sweep = evaluate.choose_gamma(sweep_conf["gzlss"], tasks, setup.split)
+    sweep_conf = evaluate_split(setup, state, calibration_split, tasks)
+    sweep = eval_report.choose_gamma(sweep_conf["gzlss"], tasks, setup.split)
     sweep["split"] = calibration_split
   if config.eval.gamma_file:
     gamma, source = calibration.read_gamma(config.eval.gamma_file)
@@ -239,7 +258,7 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.n
       source += " with the val classes held out as unseen"
   else:
     gamma, source = float(config.eval.gamma), "config.eval.gamma"
-  test_conf = evaluate.compute_confusions(setup, state, config.eval.test_split, tasks)
+  test_conf = evaluate_split(setup, state, config.eval.test_split, tasks)
   results = {
     "dataset": config.data.name,
     "class_split": config.data.split,
@@ -261,7 +280,7 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.n
     ),
     "gamma_grid": list(tasks.gammas),
     "gamma_sweep": sweep,
-    "test": evaluate.summarize(test_conf, tasks, setup.split, gamma, source),
+    "test": eval_report.summarize(test_conf, tasks, setup.split, gamma, source),
   }
   if config.eval.gamma_file and sweep:
     # For comparison with the held-out classes' gamma: what the validation images would choose.
@@ -340,7 +359,7 @@ def write_results(
   path = os.path.join(workdir, "results.json")
   with open(path, "w") as f:
     json.dump(_json_safe(results), f, indent=2)
-  print(evaluate.format_report(results, setup.split), flush=True)
+  print(eval_report.format_report(results, setup.split), flush=True)
   print(f"Wrote {path}", flush=True)
 
 
@@ -353,7 +372,23 @@ def write_prediction_images(
   """
   if jax.process_index() != 0:
     return
-  panels = evaluate.prediction_panels(setup, state, create_eval_tasks(setup), count)
+  config = setup.config
+  table = splits.eval_label_table(setup.split)
+  batches = pipeline.create_eval_batches(
+    config.data, setup.builder, config.eval.test_split, table, count
+  )
+  batch = next(batches)
+  batches.close()
+  panels = eval_panels.prediction_panels(
+    {"params": state.params, FROZEN_COLLECTION: state.frozen},
+    batch,
+    setup.class_embeddings,
+    model=setup.model,
+    tasks=create_eval_tasks(setup),
+    msc_scales=tuple(config.model.msc_scales),
+    image_mode=config.data.image_mode,
+    class_names=setup.split.class_names,
+  )
   writer.write_images(int(state.step), {f"eval_predictions/{i}": p for i, p in enumerate(panels)})
   writer.flush()
 

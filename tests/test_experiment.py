@@ -12,7 +12,7 @@ import pytest
 
 from spnet_jax import experiment
 from spnet_jax.data import datasets, pipeline, splits
-from spnet_jax.evaluation import evaluate, visualize
+from spnet_jax.evaluation import eval_panels, visualize
 from spnet_jax.train import checkpoint
 from spnet_jax.train import loop as train
 
@@ -69,7 +69,7 @@ def _event_tags(workdir: str) -> dict[str, str]:
 def test_network_input_converts_back_to_the_uint8_image(mode):
   image = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
   normalized = pipeline.normalize_image(image, mode).numpy()
-  np.testing.assert_array_equal(evaluate.to_uint8_rgb(normalized, mode), image)
+  np.testing.assert_array_equal(eval_panels.to_uint8_rgb(normalized, mode), image)
 
 
 def test_comparison_panel_puts_image_truth_and_prediction_side_by_side():
@@ -77,7 +77,7 @@ def test_comparison_panel_puts_image_truth_and_prediction_side_by_side():
   label = np.full((10, 12), splits.IGNORE_LABEL)
   label[:5] = 2
   prediction = np.full((10, 12), 3)  # 3: outside the class list (no prediction), black.
-  panel = evaluate.comparison_panel(image, label, prediction, ["a", "b", "c"])
+  panel = eval_panels.comparison_panel(image, label, prediction, ["a", "b", "c"])
   assert panel.shape[0] == 10 and panel.shape[1] > 3 * 12 + 8
   np.testing.assert_array_equal(panel[:, :12], image)
   np.testing.assert_array_equal(

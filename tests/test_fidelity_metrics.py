@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from spnet_jax.data import splits
-from spnet_jax.evaluation import evaluate, metrics
+from spnet_jax.evaluation import eval_step, metrics
 
 from . import reference_oracle
 
@@ -35,8 +35,8 @@ def batch_of(rng, split, num_images=4, height=15, width=17):
 
 
 def ours(monkeypatch, split, raw, logits):
-  tasks = evaluate.create_tasks(split, GAMMAS, learned_classifier=False)
-  monkeypatch.setattr(evaluate, "eval_logits", lambda *args, **kwargs: jnp.asarray(logits))
+  tasks = eval_step.create_tasks(split, GAMMAS, learned_classifier=False)
+  monkeypatch.setattr(eval_step, "eval_logits", lambda *args, **kwargs: jnp.asarray(logits))
   labels = splits.eval_label_table(split)[raw]
   c = split.num_classes
   confusions = {
@@ -45,7 +45,7 @@ def ours(monkeypatch, split, raw, logits):
     "class_images": jnp.zeros((c,), jnp.int32),
   }
   batch = {"image": None, "label": jnp.asarray(labels), "mask": jnp.ones(len(raw), bool)}
-  out = evaluate.eval_step(confusions, batch, None, None, model=None, tasks=tasks, msc_scales=())
+  out = eval_step.eval_step(confusions, batch, None, None, model=None, tasks=tasks, msc_scales=())
   return np.asarray(out["zlss"]), np.asarray(out["gzlss"])
 
 

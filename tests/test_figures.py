@@ -13,7 +13,7 @@ from PIL import Image
 
 from spnet_jax import experiment
 from spnet_jax.data import splits
-from spnet_jax.evaluation import evaluate
+from spnet_jax.evaluation import eval_report, eval_step
 from spnet_jax.tools import figures
 
 from .conftest import ROOT
@@ -39,7 +39,7 @@ def test_image_counts_per_class_match_numpy_and_skip_padding():
   labels[3] = 4  # A padded image (mask False) full of class 4: it must count for nothing.
   mask = np.array([True, True, True, False])
   valid = mask[:, None, None] & (labels != splits.IGNORE_LABEL)
-  count = jax.jit(evaluate.count_images_per_class, static_argnums=2)
+  count = jax.jit(eval_step.count_images_per_class, static_argnums=2)
   got = np.asarray(count(jnp.asarray(labels), jnp.asarray(valid), 6))
   expected = [sum(np.any((labels[i] == c) & valid[i]) for i in range(4)) for c in range(6)]
   assert got.tolist() == expected
@@ -51,7 +51,7 @@ def test_class_statistics_from_confusion_rows_and_image_counts():
   gzlss = np.zeros((2, 4, 5), np.int64)
   gzlss[:, 0, 0], gzlss[:, 1, 4], gzlss[:, 3, 1] = 30, 7, 12
   confusions = {"gzlss": gzlss, "class_images": np.array([3, 1, 0, 0])}
-  stats = evaluate.class_statistics(confusions, split)
+  stats = eval_report.class_statistics(confusions, split)
   assert stats == {
     "a": {"pixels": 30, "images": 3, "mean_object_size": 10.0},
     "b": {"pixels": 7, "images": 1, "mean_object_size": 7.0},
@@ -151,8 +151,8 @@ def _synthetic_workdir(path, gamma_file: str = "") -> str:
     "gzlss": gzlss,
     "class_images": rng.integers(1, 24, size=c),
   }
-  tasks = evaluate.create_tasks(SHAPES, GAMMAS, learned_classifier=False)
-  sweep = None if gamma_file else evaluate.choose_gamma(gzlss[::-1], tasks, SHAPES)
+  tasks = eval_step.create_tasks(SHAPES, GAMMAS, learned_classifier=False)
+  sweep = None if gamma_file else eval_report.choose_gamma(gzlss[::-1], tasks, SHAPES)
   if sweep:
     sweep["split"] = "validation"
   results = {
@@ -167,7 +167,7 @@ def _synthetic_workdir(path, gamma_file: str = "") -> str:
     "tasks": ["ZLSS", "GZLSS"],
     "gamma_grid": GAMMAS,
     "gamma_sweep": sweep,
-    "test": evaluate.summarize(confusions, tasks, SHAPES, 0.5, "test"),
+    "test": eval_report.summarize(confusions, tasks, SHAPES, 0.5, "test"),
   }
   config = {
     "data": {"name": "shapes", "split": "default", "hold_out_val_classes": False},

@@ -14,7 +14,7 @@ import tensorflow as tf
 from configs import shapes_zlss
 from spnet_jax.data import pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
-from spnet_jax.evaluation import evaluate
+from spnet_jax.evaluation import eval_step
 from spnet_jax.models import create_model
 from tests.numpy_resize import resize_bilinear
 
@@ -75,13 +75,15 @@ def test_full_resolution_scores_each_image_at_its_own_size():
   class_embeddings /= np.linalg.norm(class_embeddings, axis=1, keepdims=True)
   model = create_model(config.model, class_embeddings.shape[1], split.num_classes)
   variables = model.init(jax.random.key(0), batch["image"], class_embeddings)
-  tasks = evaluate.create_tasks(split, GAMMAS, learned_classifier=False)
+  tasks = eval_step.create_tasks(split, GAMMAS, learned_classifier=False)
   net_logits = np.asarray(
     model.apply(variables, batch["image"], class_embeddings[np.asarray(tasks.candidates)])
   ).astype(np.float64)
   assert net_logits.shape == (2, WARP // 4, WARP // 4, len(tasks.candidates))
   logits = jax.jit(
-    functools.partial(evaluate.eval_logits, model=model, candidates=tasks.candidates, msc_scales=())
+    functools.partial(
+      eval_step.eval_logits, model=model, candidates=tasks.candidates, msc_scales=()
+    )
   )(batch, variables, class_embeddings)
   assert logits.shape == (2, CANVAS, CANVAS, len(tasks.candidates))
   c = split.num_classes
@@ -90,7 +92,7 @@ def test_full_resolution_scores_each_image_at_its_own_size():
     "gzlss": np.zeros((len(GAMMAS), c, c + 1), np.int32),
     "class_images": np.zeros((c,), np.int32),
   }
-  step = jax.jit(functools.partial(evaluate.eval_step, model=model, tasks=tasks, msc_scales=()))
+  step = jax.jit(functools.partial(eval_step.eval_step, model=model, tasks=tasks, msc_scales=()))
   confusions = {
     k: np.asarray(v) for k, v in step(zeros, batch, variables, class_embeddings).items()
   }

@@ -27,6 +27,6 @@ def test_coco_remap_tables_on_real_label_values():
   assert sorted(final[final != splits.IGNORE_LABEL].tolist()) == list(range(167))
   evaluation = splits.eval_label_table(coco)
   assert evaluation[20] == 20 and evaluation[171] == 171 and evaluation[255] == 255
-  # Evaluation keeps dataset ids; ZLSS then scores only the unseen ones (see evaluate.py).
+  # Evaluation keeps dataset ids; ZLSS then scores only the unseen ones (evaluation/eval_step.py).
   assert evaluation[200] == splits.IGNORE_LABEL
   assert sorted(evaluation[evaluation != splits.IGNORE_LABEL].tolist()) == list(range(182))

@@ -1,4 +1,4 @@
-"""Tests for evaluation/metrics.py and the confusion / prediction parts of evaluate.py."""
+"""Tests for evaluation/metrics.py and the confusion / prediction parts of eval_step.py."""
 
 import math
 
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from spnet_jax.data import splits
-from spnet_jax.evaluation import evaluate, metrics
+from spnet_jax.evaluation import eval_step, metrics
 
 IGNORE = 255
-update_confusion = jax.jit(evaluate.update_confusion)
-calibrated_predictions = jax.jit(evaluate.calibrated_predictions, static_argnums=(1,))
-predict = jax.jit(evaluate.predict, static_argnums=(3,))
+update_confusion = jax.jit(eval_step.update_confusion)
+calibrated_predictions = jax.jit(eval_step.calibrated_predictions, static_argnums=(1,))
+predict = jax.jit(eval_step.predict, static_argnums=(3,))
 
 
 def np_confusion(labels, predictions, valid, num_classes: int) -> np.ndarray:
@@ -148,8 +148,8 @@ def test_generalized_scores_hand_case():
 # Prediction and calibration.
 
 
-def _tasks(candidates, calibrated, available, num_classes) -> evaluate.EvalTasks:
-  return evaluate.EvalTasks(
+def _tasks(candidates, calibrated, available, num_classes) -> eval_step.EvalTasks:
+  return eval_step.EvalTasks(
     num_classes=num_classes,
     unseen=tuple(c for c, cal in zip(candidates, calibrated, strict=True) if not cal),
     candidates=tuple(candidates),
@@ -193,7 +193,7 @@ def _small_split() -> splits.ClassSplit:
 
 
 def test_create_tasks_projection_classifier():
-  tasks = evaluate.create_tasks(_small_split(), [0, 0.5], learned_classifier=False)
+  tasks = eval_step.create_tasks(_small_split(), [0, 0.5], learned_classifier=False)
   assert tasks.num_classes == 6
   assert tasks.unseen == (3, 4)
   assert tasks.candidates == (0, 1, 2, 3, 4, 5)
@@ -203,10 +203,10 @@ def test_create_tasks_projection_classifier():
 
 
 def test_create_tasks_learned_classifier_and_custom_trained_classes():
-  tasks = evaluate.create_tasks(_small_split(), [0.0], learned_classifier=True)
+  tasks = eval_step.create_tasks(_small_split(), [0.0], learned_classifier=True)
   assert tasks.available == (True, True, True, False, False, True)
   # Calibration sweep model: val classes held out, i.e. trained on seen only.
-  tasks = evaluate.create_tasks(
+  tasks = eval_step.create_tasks(
     _small_split(), [0.0], learned_classifier=True, trained_classes=(0, 2, 5)
   )
   assert tasks.available == (True, False, True, False, False, True)
@@ -215,7 +215,7 @@ def test_create_tasks_learned_classifier_and_custom_trained_classes():
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
 def test_learned_classifier_never_predicts_unavailable(gamma):
-  tasks = evaluate.create_tasks(_small_split(), [gamma], learned_classifier=True)
+  tasks = eval_step.create_tasks(_small_split(), [gamma], learned_classifier=True)
   rng = np.random.default_rng(3)
   logits = rng.normal(size=(1, 8, 8, 6)).astype(np.float32)
   logits[..., 3:5] += 100.0  # Unavailable classes would win every pixel.
@@ -236,7 +236,7 @@ def test_predict_skips_unusable_candidates():
 
 def test_zlss_without_usable_class_predicts_void():
   # Learned classifier, ZLSS: none of the unseen classes has a score.
-  tasks = evaluate.create_tasks(_small_split(), [0.0], learned_classifier=True)
+  tasks = eval_step.create_tasks(_small_split(), [0.0], learned_classifier=True)
   unseen = jnp.asarray(tasks.unseen)
   usable = jnp.asarray(tasks.available)[unseen]
   logits = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3, 3, 2)), jnp.float32)

@@ -11,7 +11,6 @@ from configs import coco_zlss
 from spnet_jax import experiment
 from spnet_jax.bench import host, input_benchmark
 from spnet_jax.data import datasets, pipeline, splits
-from spnet_jax.evaluation import evaluate
 from spnet_jax.models import msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
 from spnet_jax.testing import fake_data
@@ -77,13 +76,13 @@ def test_coco_stuff_config_trains_and_evaluates_on_fake_data(tmp_path, monkeypat
   config.eval.batch_size = 2
   # Keeps what the evaluation of the test split saw: the run's setup and final state.
   evaluated = {}
-  compute_confusions = evaluate.compute_confusions
+  evaluate_split = experiment.evaluate_split
 
-  def recording_compute_confusions(setup, state, split_name, tasks):
+  def recording_evaluate_split(setup, state, split_name, tasks):
     evaluated[split_name] = (setup, state)
-    return compute_confusions(setup, state, split_name, tasks)
+    return evaluate_split(setup, state, split_name, tasks)
 
-  monkeypatch.setattr(evaluate, "compute_confusions", recording_compute_confusions)
+  monkeypatch.setattr(experiment, "evaluate_split", recording_evaluate_split)
   results = experiment.train_and_evaluate(config, str(tmp_path / "run"))
 
   split = splits.get_split("coco_stuff", "spnet")

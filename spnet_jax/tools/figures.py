@@ -133,7 +133,7 @@ def per_class_bars(results: dict) -> dict:
 
 
 def calibration_curve(gzlss: np.ndarray, gammas, seen, unseen) -> dict:
-  """Fig. 4's numbers: S, U and H for each gamma's GZLSS matrix (as evaluate.choose_gamma).
+  """Fig. 4's numbers: S, U and H for each gamma's GZLSS matrix (as eval_report.choose_gamma).
 
   Args:
     gzlss: [G, C, C + 1] confusion matrices, one per gamma.
