@@ -2,7 +2,6 @@
 
 import dataclasses
 import functools
-import json
 import os
 
 import jax
@@ -17,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from spnet_jax import config_validation as validation
+from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import datasets, fewshot, pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
 from spnet_jax.evaluation import calibration, eval_panels, eval_report, eval_step, metrics
@@ -29,7 +29,6 @@ from spnet_jax.train import optimizer as optim
 from spnet_jax.train import step as step_lib
 
 MODES = ("train_and_evaluate", "evaluate")
-CONFIG_FILE = "config.json"  # The run's config, written into its workdir.
 PREDICTION_IMAGES = 3  # Test images shown in TensorBoard after evaluation.
 
 
@@ -305,11 +304,9 @@ def protocol_name(config: ml_collections.ConfigDict) -> str:
 
 
 def gamma_grid(config: ml_collections.ConfigDict) -> list[float]:
-  """The calibration sweep: 0, step, ..., max (rounded so 0.05 steps are exact)."""
-  count = round(config.eval.gamma_max / config.eval.gamma_step) + 1
-  grid = [round(i * config.eval.gamma_step, 6) for i in range(count)]
-  fixed = round(float(config.eval.gamma), 6)
-  return sorted(set(grid) | {fixed})
+  """The calibration sweep: 0, step, ..., max, and config.eval.gamma."""
+  grid = calibration.gamma_grid("linear", config.eval.gamma_step, config.eval.gamma_max)
+  return sorted(set(grid) | {round(float(config.eval.gamma), 6)})
 
 
 def write_results(
@@ -356,9 +353,8 @@ def write_results(
     held_out = setup.split.names(setup.split.unseen)
     written = calibration.write_sweep(workdir, results["gamma_sweep"], held_out, results["step"])
     print(f"Wrote {written}: use it with --config.eval.gamma_file={written}", flush=True)
-  path = os.path.join(workdir, "results.json")
-  with open(path, "w") as f:
-    json.dump(_json_safe(results), f, indent=2)
+  path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
+  workdir_lib.write_json(path, results)
   print(eval_report.format_report(results, setup.split), flush=True)
   print(f"Wrote {path}", flush=True)
 
@@ -393,39 +389,6 @@ def write_prediction_images(
   writer.flush()
 
 
-def _json_safe(value):
-  """NaN (an absent class) becomes null so that results.json is strict JSON."""
-  if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [_json_safe(v) for v in value]
-  if isinstance(value, float) and np.isnan(value):
-    return None
-  return value
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (its config.json; JSON lists become tuples)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise ValueError(
-      f"{path} does not exist: {workdir} is not a training workdir (runs write their config "
-      "there when they start), or it was made by an older version: pass --config with the "
-      "experiment config it was trained with."
-    )
-  with open(path) as f:
-    fields = json.load(f)
-
-  def tuples(value):
-    if isinstance(value, dict):
-      return {k: tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-      return tuple(tuples(v) for v in value)
-    return value
-
-  return ml_collections.ConfigDict(tuples(fields))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The main job: train (resuming from the latest checkpoint), then calibrate and evaluate.
 
@@ -437,11 +400,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   setup = create_setup(config)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    # What predict and the figures read to rebuild the model and name the classes.
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  workdir_lib.write_config(workdir, config)
+  writer = workdir_lib.create_writer(workdir)
   manager = checkpoint.create_manager(workdir, config.train.max_checkpoints)
   logging.info(
     "Mesh %s over %d devices (%d processes).",

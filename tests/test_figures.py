@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from spnet_jax import experiment
+from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import splits
 from spnet_jax.evaluation import eval_report, eval_step
 from spnet_jax.tools import figures
@@ -174,7 +175,7 @@ def _synthetic_workdir(path, gamma_file: str = "") -> str:
     "eval": {"gamma_file": gamma_file},
   }
   np.savez(os.path.join(workdir, "confusions.npz"), **confusions)
-  for name, content in (("results.json", results), (experiment.CONFIG_FILE, config)):
+  for name, content in (("results.json", results), (workdir_lib.CONFIG_FILE, config)):
     with open(os.path.join(workdir, name), "w") as f:
       json.dump(content, f)
   return workdir
@@ -246,7 +247,7 @@ def test_missing_inputs_name_the_file_and_the_command_that_makes_it(tmp_path):
   os.remove(os.path.join(workdir, "confusions.npz"))
   with pytest.raises(ValueError, match=r"confusions\.npz does not exist.*mode=evaluate"):
     figures.workdir_figures(workdir)
-  os.remove(os.path.join(workdir, experiment.CONFIG_FILE))
+  os.remove(os.path.join(workdir, workdir_lib.CONFIG_FILE))
   with pytest.raises(ValueError, match=r"config\.json does not exist"):
     figures.workdir_figures(workdir)
 

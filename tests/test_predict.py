@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from spnet_jax import experiment
+from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import shapes, splits
 from spnet_jax.tools import predict
 from tests.conftest import ROOT, subprocess_env, tiny_config
@@ -43,7 +44,7 @@ def green_square_image(path: str) -> np.ndarray:
 
 def test_predict_finds_the_unseen_class_it_was_never_shown(trained_workdir, tmp_path):
   mask = green_square_image(str(tmp_path / "square.png"))
-  config = experiment.load_run_config(trained_workdir)
+  config = workdir_lib.load_run_config(trained_workdir)
   classes = predict.class_set(config, UNSEEN_ONLY)
   predictor = predict.Predictor(config, trained_workdir, classes)
   out = tmp_path / "out"
@@ -78,7 +79,7 @@ def test_folder_of_mixed_sizes_goes_through_the_command(trained_workdir, tmp_pat
 
 
 def test_npy_embeddings_with_names(trained_workdir, tmp_path):
-  config = experiment.load_run_config(trained_workdir)
+  config = workdir_lib.load_run_config(trained_workdir)
   from spnet_jax.embeddings import class_embeddings as embeddings
 
   names = list(splits.SHAPES_CLASS_NAMES)
@@ -94,7 +95,7 @@ def test_npy_embeddings_with_names(trained_workdir, tmp_path):
 
 
 def test_unknown_class_name_is_named(trained_workdir):
-  config = experiment.load_run_config(trained_workdir)
+  config = workdir_lib.load_run_config(trained_workdir)
   with pytest.raises(ValueError, match=r"\['purple-star'\] have no embedding"):
     predict.class_set(config, ["background", "purple-star"])
 
@@ -109,7 +110,7 @@ def test_unreadable_image_is_named(tmp_path):
 
 
 def test_embedding_width_mismatch_is_named(trained_workdir, tmp_path):
-  config = experiment.load_run_config(trained_workdir)
+  config = workdir_lib.load_run_config(trained_workdir)
   np.save(tmp_path / "wide.npy", np.random.default_rng(0).normal(size=(2, 300)))
   (tmp_path / "names.txt").write_text("cat\ndog\n")
   classes = predict.class_set(
@@ -121,14 +122,14 @@ def test_embedding_width_mismatch_is_named(trained_workdir, tmp_path):
 
 def test_workdir_without_config_says_what_to_do(tmp_path):
   with pytest.raises(ValueError, match=r"config\.json does not exist"):
-    experiment.load_run_config(str(tmp_path))
+    workdir_lib.load_run_config(str(tmp_path))
   assert os.path.isdir(tmp_path)
 
 
 def test_warped_input_predicts_at_each_images_own_size(trained_workdir, tmp_path):
   """Configs that warp (VOC/COCO: 513) resize logits back to every image's original size."""
   mask = green_square_image(str(tmp_path / "square.png"))
-  config = experiment.load_run_config(trained_workdir)
+  config = workdir_lib.load_run_config(trained_workdir)
   native = predict.Predictor(config, trained_workdir, predict.class_set(config, UNSEEN_ONLY))
   config.data.eval.warp_size = 56
   warped = predict.Predictor(config, trained_workdir, predict.class_set(config, UNSEEN_ONLY))
@@ -142,7 +143,7 @@ def test_warped_input_predicts_at_each_images_own_size(trained_workdir, tmp_path
 
 
 def test_raw_word_vector_files_embed_new_names(trained_workdir, tmp_path):
-  config = experiment.load_run_config(trained_workdir)
+  config = workdir_lib.load_run_config(trained_workdir)
   rng = np.random.default_rng(1)
   words = {w: rng.normal(size=9) for w in ("purple", "star", "background")}
   lines = ["3 9"] + [f"{w} " + " ".join(f"{x:.6f}" for x in v) for w, v in words.items()]

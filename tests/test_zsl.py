@@ -18,7 +18,7 @@ import pytest
 import scipy.io
 
 from configs import zsl_awa, zsl_cub, zsl_sun
-from spnet_jax.evaluation import metrics
+from spnet_jax.evaluation import calibration, metrics
 from spnet_jax.zsl import data, experiment, model
 from spnet_jax.zsl import evaluate as zsl_eval
 from tests.conftest import ROOT, subprocess_env
@@ -171,9 +171,9 @@ def test_calibrated_prediction_and_sweep():
 
 
 def test_gamma_grids():
-  assert zsl_eval.gamma_grid("linear", 0.05, 1.0)[:4] == [0.0, 0.05, 0.1, 0.15]
-  assert len(zsl_eval.gamma_grid("linear", 0.05, 1.0)) == 21
-  log = zsl_eval.gamma_grid("log", 0.05, 1.0, 1e-4, 41)
+  assert calibration.gamma_grid("linear", 0.05, 1.0)[:4] == [0.0, 0.05, 0.1, 0.15]
+  assert len(calibration.gamma_grid("linear", 0.05, 1.0)) == 21
+  log = calibration.gamma_grid("log", 0.05, 1.0, 1e-4, 41)
   assert log[:2] == [0.0, 1e-4] and log[-1] == 1.0 and 0.001 in log and len(log) == 42
 
 

@@ -60,3 +60,32 @@ def read_gamma(path: str) -> tuple[float, str]:
     raise ValueError(f"{path} is not a calibration.json written by a held-out-classes run.")
   classes = ", ".join(record["held_out_classes"])
   return float(record["best_gamma"]), f"best H with the val classes held out ({classes}), {path}"
+
+
+GRIDS = ("log", "linear")  # Kinds of calibration sweep (gamma_grid).
+
+
+def gamma_grid(
+  kind: str, step: float, maximum: float, minimum: float = 1e-4, points: int = 41
+) -> list[float]:
+  """The calibration factors swept.
+
+  Args:
+    kind: 'linear' (0, step, 2 step, ..., maximum) or 'log' (0, then `points` values spaced
+      evenly in log between `minimum` and `maximum`). A softmax over hundreds of classes that
+      is not confident puts every probability below 0.05, where a linear 0.05 grid jumps from
+      'no change' to 'never predict a seen class'; the log grid covers those scales too.
+    step: linear grid step.
+    maximum: the largest gamma.
+    minimum: log grid: the smallest gamma above 0.
+    points: log grid: number of values above 0.
+
+  Returns:
+    The sorted gammas, rounded (0.35 rather than 0.35000000000000003).
+  """
+  if kind == "linear":
+    count = int(np.floor(maximum / step + 1e-9))
+    return [round(i * step, 6) for i in range(count + 1)]
+  if kind == "log":
+    return [0.0, *(float(f"{g:.4g}") for g in np.geomspace(minimum, maximum, points))]
+  raise ValueError(f"Unknown gamma grid {kind!r}; valid: {list(GRIDS)}.")

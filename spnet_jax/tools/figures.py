@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from spnet_jax import cli, experiment
+from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import splits
 from spnet_jax.evaluation import metrics
 
@@ -81,12 +82,12 @@ def load_gzlss_confusions(workdir: str, gammas: list[float]) -> np.ndarray:
 
 def run_split(workdir: str, results: dict) -> splits.ClassSplit:
   """The class split the run was evaluated on, from its config.json."""
-  if not os.path.exists(os.path.join(workdir, experiment.CONFIG_FILE)):
+  if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
     raise ValueError(
-      f"{os.path.join(workdir, experiment.CONFIG_FILE)} does not exist: the run was made by an "
+      f"{os.path.join(workdir, workdir_lib.CONFIG_FILE)} does not exist: the run was made by an "
       f"older version; evaluate it again with {_RUN_COMMAND.format(workdir=workdir)}."
     )
-  config = experiment.load_run_config(workdir)
+  config = workdir_lib.load_run_config(workdir)
   split = experiment.run_split(config)
   if split.names(split.unseen) != results["classes"]["unseen"]:
     raise ValueError(
@@ -159,7 +160,7 @@ def selection_sweep(workdir: str, results: dict) -> tuple[dict | None, str]:
   """
   if results.get("gamma_sweep"):
     return results["gamma_sweep"], f"chosen on the {results['gamma_sweep']['split']} split"
-  path = experiment.load_run_config(workdir).eval.get("gamma_file")
+  path = workdir_lib.load_run_config(workdir).eval.get("gamma_file")
   if not path:
     return None, ""
   if not os.path.exists(path):

@@ -27,6 +27,7 @@ from absl import app, flags
 from PIL import Image, UnidentifiedImageError
 
 from spnet_jax import cli, experiment
+from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
 from spnet_jax.embeddings import word_vectors
@@ -363,7 +364,7 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = experiment.load_run_config(FLAGS.workdir)
+  config = workdir_lib.load_run_config(FLAGS.workdir)
   names = read_names_file(FLAGS.classes_file) if FLAGS.classes_file else FLAGS.classes
   classes = class_set(config, names, FLAGS.embeddings_npy, FLAGS.names_file, FLAGS.word_vectors)
   files = list_images(FLAGS.images)

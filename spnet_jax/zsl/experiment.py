@@ -10,7 +10,6 @@ Protocol (xlsa17, Xian et al. 2018):
 """
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -18,14 +17,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
+from spnet_jax import workdir as workdir_lib
 from spnet_jax.evaluation import calibrated_prediction
+from spnet_jax.evaluation import calibration as calibration_lib
 from spnet_jax.zsl import data, model
 from spnet_jax.zsl import evaluate as zsl_eval
 
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
 CALIBRATION_MODES = ("val_sweep", "fixed")
 # Paper Table 4 (SPNet row): ZSL top-1 and GZSL H on unseen classes, %. Its AWA is AWA1 ([23]).
 PAPER = {"CUB": (56.5, 36.6), "SUN": (60.7, 39.6), "AWA": (66.2, 24.7)}
@@ -50,7 +48,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "optimizer.name": (config.optimizer.name, model.OPTIMIZERS),
     "optimizer.schedule": (config.optimizer.schedule, model.SCHEDULES),
     "calibration.mode": (config.calibration.mode, CALIBRATION_MODES),
-    "calibration.grid": (config.calibration.grid, zsl_eval.GRIDS),
+    "calibration.grid": (config.calibration.grid, calibration_lib.GRIDS),
   }
   for field, (value, valid) in choices.items():
     if value not in valid:
@@ -179,7 +177,7 @@ def generalized_sweep(
 
 def sweep_gammas(cfg: ml_collections.ConfigDict) -> list[float]:
   """The gammas of config.calibration's grid."""
-  return zsl_eval.gamma_grid(
+  return calibration_lib.gamma_grid(
     cfg.grid, cfg.gamma_step, cfg.gamma_max, cfg.gamma_min, cfg.gamma_points
   )
 
@@ -253,9 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   lead = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if lead:
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
+    workdir_lib.write_config(workdir, config)
+  writer = workdir_lib.create_writer(workdir)
 
   calibration = calibrate(config, dataset, attributes, writer)
   locs = dataset.locs
@@ -305,9 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "paper": paper_numbers(dataset.name),
   }
   if lead:
-    path = os.path.join(workdir, RESULTS_FILE)
-    with open(path, "w") as f:
-      json.dump(_json_safe(results), f, indent=2)
+    path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
+    workdir_lib.write_json(path, results)
     print(format_report(results), flush=True)
     print(f"Wrote {path}", flush=True)
   writer.close()
@@ -354,16 +350,3 @@ def _pct(value: float | None) -> str:
   if value is None or np.isnan(value):
     return "-"
   return f"{100 * value:.2f}"
-
-
-def _json_safe(value):
-  """NaN becomes null, numpy scalars plain numbers."""
-  if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [_json_safe(v) for v in value]
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and np.isnan(value):
-    return None
-  return value
