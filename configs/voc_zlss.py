@@ -15,12 +15,12 @@ Full-resolution evaluation (logits upsampled to the original labels) instead of 
 
 import ml_collections
 
-from configs import shapes_zlss
+from configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:
   """VOC ZLSS, ResNet-101."""
-  config = shapes_zlss.get_config()
+  config = base.get_config()
   data = config.data
   data.name = "voc_sbd"
   data.split = "spnet"  # SPNet's seen / val / unseen split.

@@ -6,14 +6,8 @@ import jax
 import ml_collections
 
 from spnet_jax.data import pipeline
-from spnet_jax.models import (
-  ATROUS_CONVS,
-  BACKBONES,
-  CLASSIFIERS,
-  DTYPES,
-  EMBEDDING_HEADS,
-  KERNEL_GRADS,
-)
+from spnet_jax.models.conv_policy import ATROUS_CONVS, KERNEL_GRADS
+from spnet_jax.models.registry import BACKBONES, CLASSIFIERS, DTYPES, EMBEDDING_HEADS
 from spnet_jax.train import losses, optimizer
 
 _CHOICES = {

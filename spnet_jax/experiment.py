@@ -21,8 +21,8 @@ from spnet_jax.data import datasets, fewshot, pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
 from spnet_jax.evaluation import calibration, eval_panels, eval_report, eval_step, metrics
 from spnet_jax.interop import pretrained
-from spnet_jax.models import SegmentationNet, create_model
 from spnet_jax.models.layers import FROZEN_COLLECTION
+from spnet_jax.models.registry import SegmentationNet, create_model
 from spnet_jax.train import checkpoint
 from spnet_jax.train import loop as train
 from spnet_jax.train import optimizer as optim

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spnet_jax.models import atrous_method, create_model, layers
+from spnet_jax.models import layers
+from spnet_jax.models.conv_policy import atrous_method
+from spnet_jax.models.registry import create_model
 from tests.test_models import _model_config
 
 

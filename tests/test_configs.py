@@ -76,3 +76,21 @@ def test_few_label_recipe(name, accumulation):
   assert config.optimizer.schedule_steps == 2000
   assert (config.train.batch_size, config.train.accumulation_steps) == (10, accumulation)
   assert config.fewshot.pool_entries == "spnet" and config.fewshot.keep_optimizer_state
+
+
+def _fields(config, prefix=""):
+  out = set()
+  for key, value in config.items():
+    if hasattr(value, "items") and not isinstance(value, dict) and key != "lr_multipliers":
+      out |= _fields(value, f"{prefix}{key}.")
+    else:
+      out.add(prefix + key)
+  return out
+
+
+@pytest.mark.parametrize("name", [c for c in CONFIGS])
+def test_segmentation_configs_share_the_fields_of_the_base(name):
+  from configs import base
+
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert _fields(config) == _fields(base.get_config())

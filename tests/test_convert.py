@@ -18,7 +18,8 @@ import pytest
 
 from configs import shapes_zlss
 from spnet_jax.interop import convert
-from spnet_jax.models import create_model, heads, msc
+from spnet_jax.models import heads, msc
+from spnet_jax.models.registry import create_model
 from spnet_jax.testing.random_state_dicts import (
   aspp_l_state_dict,
   aspp_state_dict,

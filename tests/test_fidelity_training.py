@@ -33,7 +33,7 @@ from configs import coco_flss, coco_zlss, voc_flss, voc_zlss
 from spnet_jax import experiment
 from spnet_jax.data.splits import IGNORE_LABEL
 from spnet_jax.interop import convert
-from spnet_jax.models import create_model
+from spnet_jax.models.registry import create_model
 from spnet_jax.testing.random_state_dicts import aspp_state_dict, caffe_resnet101_state_dict
 from spnet_jax.train import checkpoint
 from spnet_jax.train import optimizer as optim

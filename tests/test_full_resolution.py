@@ -15,7 +15,7 @@ from configs import shapes_zlss
 from spnet_jax.data import pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
 from spnet_jax.evaluation import eval_step
-from spnet_jax.models import create_model
+from spnet_jax.models.registry import create_model
 from tests.numpy_resize import resize_bilinear
 
 IGNORE = splits.IGNORE_LABEL

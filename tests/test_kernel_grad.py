@@ -6,15 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spnet_jax.models import (
-  CPU_TAPS_MIN_FEATURES,
-  aspp,
-  conv_method,
-  kernel_grad,
-  kernel_grad_method,
-  layers,
-  resnet,
-)
+from spnet_jax.models import aspp, kernel_grad, layers, resnet
+from spnet_jax.models.conv_policy import CPU_TAPS_MIN_FEATURES, conv_method, kernel_grad_method
 from tests.test_models import _model_config
 
 _NHWC = ("NHWC", "HWIO", "NHWC")

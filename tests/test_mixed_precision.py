@@ -10,7 +10,7 @@ from jax.extend import core as jax_core
 from configs import shapes_zlss
 from spnet_jax.data import shapes, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
-from spnet_jax.models import create_model
+from spnet_jax.models.registry import create_model
 from spnet_jax.train import optimizer, step
 
 # bfloat16 keeps 8 bits of mantissa: ~0.4% per op; a loss over many pixels stays within 2%.

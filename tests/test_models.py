@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import shapes_zlss
-from spnet_jax.models import create_model, heads, tiny
+from spnet_jax.models import heads, tiny
+from spnet_jax.models.registry import create_model
 from spnet_jax.train import optimizer, step
 
 

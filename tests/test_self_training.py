@@ -12,7 +12,7 @@ from configs import shapes_zlss
 from spnet_jax import experiment
 from spnet_jax.data import pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
-from spnet_jax.models import create_model
+from spnet_jax.models.registry import create_model
 from spnet_jax.train import optimizer, self_training, step
 from tests.conftest import tiny_config
 from tests.numpy_resize import resize_bilinear

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from configs import shapes_zlss
 from spnet_jax.train import optimizer
 from spnet_jax.train import step
-from spnet_jax.models import create_model
+from spnet_jax.models.registry import create_model
 
 assert jax.device_count() == 4, jax.devices()
 config = shapes_zlss.get_config()

@@ -32,8 +32,10 @@ from spnet_jax.bench import host
 from spnet_jax.bench.timing import time_calls
 from spnet_jax.data import splits
 from spnet_jax.evaluation import calibrated_prediction
-from spnet_jax.models import conv_method, create_model, msc
+from spnet_jax.models import msc
+from spnet_jax.models.conv_policy import conv_method
 from spnet_jax.models.layers import FROZEN_COLLECTION
+from spnet_jax.models.registry import create_model
 from spnet_jax.train import optimizer as optim
 from spnet_jax.train import step
 

@@ -10,7 +10,7 @@ from PIL import Image
 from spnet_jax.data import pipeline
 from spnet_jax.evaluation import eval_step, visualize
 from spnet_jax.evaluation.eval_step import EvalTasks
-from spnet_jax.models import SegmentationNet
+from spnet_jax.models.registry import SegmentationNet
 
 
 def to_uint8_rgb(image: np.ndarray, mode: str) -> np.ndarray:

@@ -16,7 +16,8 @@ from jax.sharding import PartitionSpec as P
 
 from spnet_jax.data import splits
 from spnet_jax.evaluation import calibrated_prediction
-from spnet_jax.models import SegmentationNet, msc
+from spnet_jax.models import msc
+from spnet_jax.models.registry import SegmentationNet
 from spnet_jax.train.step import logits_for_classes, make_global_batch
 
 

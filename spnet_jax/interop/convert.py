@@ -46,7 +46,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from spnet_jax import cli, models
+from spnet_jax import cli
+from spnet_jax.models import registry as models
 
 FORMATS = ("deeplab-pytorch", "spnet", "torchvision")
 ARCHS = ("resnet101", "vgg16")

@@ -32,8 +32,9 @@ from spnet_jax.data import pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
 from spnet_jax.embeddings import word_vectors
 from spnet_jax.evaluation import calibrated_prediction, visualize
-from spnet_jax.models import create_model, msc
+from spnet_jax.models import msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
+from spnet_jax.models.registry import create_model
 from spnet_jax.train import checkpoint
 from spnet_jax.train import optimizer as optim
 

@@ -15,8 +15,9 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 
-from spnet_jax.models import SegmentationNet, msc
+from spnet_jax.models import msc
 from spnet_jax.models.layers import FROZEN_COLLECTION
+from spnet_jax.models.registry import SegmentationNet
 from spnet_jax.train import losses, self_training
 
 

@@ -1,1 +1,0 @@
-"""SPNet (Semantic Projection Network) for zero- and few-label semantic segmentation in JAX."""

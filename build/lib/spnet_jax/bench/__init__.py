@@ -1,1 +1,0 @@
-"""Benchmarks: the training step, convolutions, the input pipeline, PyTorch timing."""

@@ -1,1 +1,0 @@
-"""Datasets, class splits and the tf.data input pipeline."""

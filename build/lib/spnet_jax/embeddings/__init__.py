@@ -1,1 +1,0 @@
-"""Class embeddings: matrices from word-vector files or attributes."""

@@ -1,1 +1,0 @@
-"""Evaluation: the eval step, calibrated predictions, metrics, calibration."""

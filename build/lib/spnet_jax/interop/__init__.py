@@ -1,1 +1,0 @@
-"""PyTorch checkpoints: conversion to JAX variables and pretrained initialisation."""

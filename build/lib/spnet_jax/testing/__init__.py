@@ -1,1 +1,0 @@
-"""Fakes and references shared by the tests and the benchmarks."""

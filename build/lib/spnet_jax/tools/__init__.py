@@ -1,1 +1,0 @@
-"""Commands that work on finished runs: predict, figures, report, the results suite."""

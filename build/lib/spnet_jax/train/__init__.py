@@ -1,1 +1,0 @@
-"""Training: the train state and step, the loop, optimiser, losses, checkpoints."""
