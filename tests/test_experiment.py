@@ -18,6 +18,8 @@ from spnet_jax.train import loop as train
 
 from .conftest import ROOT, main_command
 
+pytestmark = [pytest.mark.slow]  # end-to-end runs through the entry point
+
 
 def test_train_and_evaluate_writes_checkpoints_summaries_and_results(fast_config, tmp_path):
   workdir = str(tmp_path / "run")

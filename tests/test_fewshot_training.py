@@ -4,6 +4,8 @@ import pytest
 
 from spnet_jax import experiment
 
+pytestmark = [pytest.mark.slow]  # end-to-end few-label runs
+
 
 def test_few_label_stage_starts_from_the_zero_label_run(fast_config, tmp_path):
   zero_label = str(tmp_path / "zlss")

@@ -41,6 +41,8 @@ from spnet_jax.train import step as step_lib
 
 from . import reference_oracle
 
+pytestmark = [pytest.mark.slow]  # the official PyTorch code and a JAX ResNet, one step each
+
 reference_oracle.skip_unless_available()
 torch = pytest.importorskip("torch")
 

@@ -10,8 +10,11 @@ import socket
 import subprocess
 
 import numpy as np
+import pytest
 
 from .conftest import ROOT, main_command, subprocess_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # local jax.distributed processes
 
 
 def _free_port() -> int:

@@ -16,6 +16,8 @@ from spnet_jax.models.layers import FROZEN_COLLECTION
 from spnet_jax.testing import fake_data
 from tests.numpy_resize import resize_bilinear
 
+pytestmark = [pytest.mark.slow]  # end-to-end runs on fake VOC / COCO data
+
 IGNORE = splits.IGNORE_LABEL
 
 

@@ -9,8 +9,11 @@ import subprocess
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from .conftest import ROOT, main_command, subprocess_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # entry-point runs killed and resumed
 
 
 def _command(workdir: str, data_dir: str, *extra: str) -> list[str]:
