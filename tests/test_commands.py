@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 import tomllib
@@ -41,3 +42,27 @@ def test_help_exits_0_and_shows_the_usage(script):
   assert docstring.splitlines()[0] in result.stdout
   if module == "spnet_jax.main":
     assert "--config.<field>" in result.stdout  # Config overrides are explained.
+
+
+def test_a_config_file_given_by_path_loads_from_any_folder(tmp_path):
+  # configs/voc_zlss.py imports its siblings (configs.base): fine outside the repository too,
+  # with only the package importable (as after `pip install .`).
+  (tmp_path / "site").mkdir()
+  (tmp_path / "site" / "spnet_jax").symlink_to(os.path.join(ROOT, "spnet_jax"))
+  env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "TFDS_DATA_DIR": str(tmp_path)}
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "spnet_jax.main",
+      f"--config={ROOT}/configs/voc_zlss.py",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert "No module named 'configs'" not in result.stderr
+  assert "is not prepared" in result.stderr  # It got as far as the dataset.

@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 import ml_collections
 from absl import app, flags, logging
 
-from configs import shapes_flss, shapes_selftrain, shapes_zlss
 from spnet_jax import cli, experiment
 from spnet_jax.tools import report
 
@@ -33,6 +32,9 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; the table reports the median
 flags.DEFINE_list("shots", ["1", "2", "5"], "Few-label pool sizes n.")
 flags.DEFINE_multi_string("set", [], "KEY=VALUE config override applied to every stage.")
 flags.DEFINE_bool("report_only", False, "Only build the tables from existing runs.")
+flags.DEFINE_string(
+  "configs_dir", "configs", "The repository's configs folder (the stages' shapes_*.py configs)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -69,21 +71,27 @@ def _continue_from(stage: str, **fields) -> Callable[[ml_collections.ConfigDict,
   return wire
 
 
+def _config(name: str) -> Callable[[], ml_collections.ConfigDict]:
+  """get_config of configs/<name>.py, read when a stage runs (--configs_dir)."""
+  configs_dir = FLAGS.configs_dir if FLAGS.is_parsed() else "configs"
+  return lambda: cli.import_config_module(configs_dir, name).get_config()
+
+
 def stages(shots: Sequence[int]) -> list[Stage]:
   """The suite's runs in dependency order."""
   result = [
-    Stage("held_out", shapes_zlss.get_config, _zero_label(**{"data.hold_out_val_classes": True})),
-    Stage("spnet", shapes_zlss.get_config, _final_spnet),
-    Stage("hvsl", shapes_zlss.get_config, _zero_label(**{"loss.name": "hvsl"})),
-    Stage("learned", shapes_zlss.get_config, _zero_label(**{"model.classifier": "learned"})),
-    Stage("selftrain", shapes_selftrain.get_config, _continue_from("spnet")),
+    Stage("held_out", _config("shapes_zlss"), _zero_label(**{"data.hold_out_val_classes": True})),
+    Stage("spnet", _config("shapes_zlss"), _final_spnet),
+    Stage("hvsl", _config("shapes_zlss"), _zero_label(**{"loss.name": "hvsl"})),
+    Stage("learned", _config("shapes_zlss"), _zero_label(**{"model.classifier": "learned"})),
+    Stage("selftrain", _config("shapes_selftrain"), _continue_from("spnet")),
   ]
   for n in shots:
     for head in ("spnet", "learned"):
       classifier = "projection" if head == "spnet" else "learned"
       fields = {"fewshot.n": n, "model.classifier": classifier}
       result.append(
-        Stage(f"flss_{head}_n{n}", shapes_flss.get_config, _continue_from(head, **fields))
+        Stage(f"flss_{head}_n{n}", _config("shapes_flss"), _continue_from(head, **fields))
       )
   return result
 
