@@ -64,8 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   # image drawn for several seen classes is sampled once per class; 'distinct': each image (and
   # novel tag) once, the seen classes drawn in id order.
   fs.pool_entries = "distinct"
-  # True continues the zero-label run's optimiser state (SGD momentum), as SPNet's
-  # --continue-from does; False starts stage two with a fresh optimiser. The schedule restarts.
+  # Few-label stage only: True continues the zero-label run's optimiser state (SGD momentum), as
+  # SPNet's --continue-from does; False starts with a fresh optimiser. The schedule restarts.
   fs.keep_optimizer_state = False
 
   # Self-training (transductive zero-label, as SPNet+ST / STRICT): from a zero-label run, ignore

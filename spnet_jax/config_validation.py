@@ -80,6 +80,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   train = config.data.train
   if not 0.0 < train.min_scale <= train.max_scale:
     fail("data.train.min_scale", f"needs 0 < min_scale <= max_scale ({train.max_scale}).")
+  if (train.min_scale != 1.0 or train.max_scale != 1.0) and not train.crop_size:
+    fail(
+      "data.train.crop_size",
+      "a random rescale makes images of different sizes: set a crop size so that batches stack.",
+    )
   for scale in config.model.msc_scales:
     if not 0.0 < scale < 1.0:
       fail("model.msc_scales", "extra MSC scales lie in (0, 1) (scale 1 is always run).")

@@ -273,7 +273,12 @@ def calibrate_and_evaluate(setup: RunSetup, state) -> tuple[dict, dict[str, np.n
     # computations (unseen classes only / every class) after different training.
     "tasks": ["FLSS", "GFLSS"] if setup.pool else ["ZLSS", "GZLSS"],
     "fewshot": (
-      {"n": setup.pool.n, "offset": setup.pool.offset, "pool_entries": len(setup.pool.entries)}
+      {
+        "n": setup.pool.n,
+        "offset": setup.pool.offset,
+        "pool_size": len(setup.pool.entries),
+        "pool_entries": config.fewshot.get("pool_entries", "distinct"),
+      }
       if setup.pool
       else None
     ),

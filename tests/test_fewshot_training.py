@@ -24,7 +24,8 @@ def test_few_label_stage_starts_from_the_zero_label_run(fast_config, tmp_path):
   results = experiment.train_and_evaluate(fast_config, str(tmp_path / "flss"))
   assert results["tasks"] == ["FLSS", "GFLSS"]
   assert results["fewshot"]["n"] == 1 and results["step"] == 4
-  assert results["fewshot"]["pool_entries"] == len(setup.pool.entries)
+  assert results["fewshot"]["pool_size"] == len(setup.pool.entries)
+  assert results["fewshot"]["pool_entries"] == setup.config.fewshot.pool_entries
   assert 0.0 <= results["test"]["gzlss"]["uncalibrated"]["miou"] <= 1.0
 
 

@@ -315,3 +315,48 @@ def test_training_stream_is_a_function_of_the_step(fast_config):
     np.testing.assert_array_equal(batch["label"], first[step]["label"])
   other = next(pipeline.create_train_iterator(fast_config.data, builder, classes, 4, seed=4))
   assert not np.array_equal(other["image"], first[0]["image"])
+
+
+def _cv2_crop(image_bgr, label, warp, scale, crop, offset):
+  """The training geometry written with OpenCV calls: warp, rescale, centred pad, crop."""
+  import cv2
+
+  image = cv2.resize(image_bgr, (warp, warp), interpolation=cv2.INTER_LINEAR)
+  label = cv2.resize(label, (warp, warp), interpolation=cv2.INTER_NEAREST)
+  image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+  label = cv2.resize(label, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+  pads = [max(max(warp, crop) - n, 0) for n in label.shape]
+  border = {"top": pads[0] // 2, "bottom": pads[0] - pads[0] // 2}
+  border.update(left=pads[1] // 2, right=pads[1] - pads[1] // 2)
+  image = cv2.copyMakeBorder(image, borderType=cv2.BORDER_CONSTANT, value=(0, 0, 0), **border)
+  label = cv2.copyMakeBorder(label, borderType=cv2.BORDER_CONSTANT, value=IGNORE, **border)
+  y, x = offset
+  return image[y : y + crop, x : x + crop], label[y : y + crop, x : x + crop]
+
+
+@pytest.mark.parametrize(
+  ("size", "scale", "offset"),
+  [
+    ((60, 80), 0.5, (0, 0)),
+    ((60, 80), 0.77, (5, 11)),
+    ((45, 45), 1.0, (9, 3)),
+    ((90, 31), 1.4, (20, 30)),
+  ],
+)
+def test_augment_equals_the_opencv_geometry(size, scale, offset):
+  rng = np.random.default_rng(sum(size))
+  image = rng.integers(0, 256, (*size, 3)).astype(np.uint8)
+  label = rng.integers(0, 20, size).astype(np.uint8)
+  cfg = data_config(warp_size=48, min_scale=0.5, max_scale=1.5, crop_size=32).train
+  got_image, got_label = pipeline.augment(
+    tf.constant(image),
+    tf.constant(label),
+    cfg,
+    tf.constant(scale, tf.float64),
+    tf.constant(offset, tf.int32),
+    "caffe_bgr",
+  )
+  bgr = image[..., ::-1].astype(np.float32) - np.array(pipeline.CAFFE_BGR_MEAN, np.float32)
+  want_image, want_label = _cv2_crop(bgr, label, 48, scale, 32, offset)
+  np.testing.assert_array_equal(got_label.numpy(), want_label)
+  np.testing.assert_allclose(got_image.numpy(), want_image, atol=0.01)

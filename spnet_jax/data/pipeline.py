@@ -135,53 +135,6 @@ def pad_and_crop(image, label, padding, offset, crop_size: int):
   return image[window], label[window]
 
 
-def scaled_window(image, label, scale, start, window):
-  """A window of OpenCV's resize by `scale`, computed over the window only.
-
-  The resize has output size round(size * scale) and samples input pixels 1 / scale apart
-  (cv2.resize with fx = fy = scale). Pixels of the window outside the scaled image are padding
-  (image 0, label ignore), so a padded crop is one call that samples crop_size^2 pixels instead
-  of the whole scaled image (5.7x fewer at scale 1.5 for SPNet's crops).
-
-  Args:
-    image: float32 [H, W, 3].
-    label: [H, W] label values.
-    scale: float64 factor.
-    start: int32 (y, x) of the window's origin in scaled-image coordinates (may be negative).
-    window: int32 (h, w) of the window.
-
-  Returns:
-    (image [h, w, 3], label [h, w]).
-  """
-  in_size = tf.shape(label)[:2]
-  out_size = scaled_size(in_size, scale)
-  # cv2.resize copies when the output size equals the input's, whatever the factor.
-  scale = tf.where(tf.reduce_all(out_size == in_size), tf.constant(1.0, tf.float64), scale)
-  step = 1.0 / scale  # As OpenCV: the reciprocal first, then index * step.
-  indices, inside = [], []
-  for axis in range(2):
-    index = start[axis] + tf.range(window[axis])
-    inside.append((index >= 0) & (index < out_size[axis]))
-    source = tf.cast(tf.floor(tf.cast(tf.maximum(index, 0), tf.float64) * step), tf.int32)
-    indices.append(tf.minimum(source, in_size[axis] - 1))
-  # Bilinear with half-pixel centres and clamped edges (cv2's INTER_LINEAR): the triangle
-  # kernel of ScaleAndTranslate drops taps outside the image and renormalises, which clamps.
-  scale32 = tf.cast(scale, tf.float32)
-  image = tf.raw_ops.ScaleAndTranslate(
-    images=image[None],
-    size=window,
-    scale=tf.stack([scale32, scale32]),
-    translation=-tf.cast(start, tf.float32),
-    kernel_type="triangle",
-    antialias=False,
-  )[0]
-  label = tf.gather(tf.gather(label, indices[0], axis=0), indices[1], axis=1)
-  mask = inside[0][:, None] & inside[1][None, :]
-  image = tf.where(mask[..., None], image, 0.0)
-  label = tf.where(mask, label, tf.cast(splits.IGNORE_LABEL, label.dtype))
-  return image, label
-
-
 def random_flip(image, label, seed):
   """Flips both left-right with probability 1/2."""
   flip = tf.random.stateless_uniform([], seed) < 0.5
@@ -291,14 +244,11 @@ def augment(image, label, cfg: ml_collections.ConfigDict, scale, offset, image_m
   Returns:
     (float32 network input, label) of the crop (the whole image when cfg.crop_size is 0).
   """
-  if scale is not None and cfg.crop_size:
+  if scale is not None:  # config_validation: a rescale comes with a crop.
     return warped_and_scaled_crop(image, label, cfg, scale, offset, image_mode)
   image = normalize_image(image, image_mode)
   if cfg.warp_size:
     image, label = resize_pair(image, label, [cfg.warp_size] * 2)
-  if scale is not None:  # No crop: the whole rescaled image.
-    size = scaled_size(tf.shape(label)[:2], scale)
-    return scaled_window(image, label, scale, tf.zeros([2], tf.int32), size)
   if not cfg.crop_size:
     return image, label
   size = tf.shape(label)[:2]

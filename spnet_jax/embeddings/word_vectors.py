@@ -1,4 +1,4 @@
-"""Class word embeddings from raw vocabulary files: fastText .vec, word2vec .bin, SPNet .pkl.
+"""Class word embeddings from raw vocabulary files: fastText .vec, word2vec .bin.
 
 Class name -> words: a class name is split on '-', '_' and whitespace ('wall-concrete' -> wall,
 concrete; 'potted_plant' -> potted, plant; 'traffic light' -> traffic, light; 'tv' -> tv), and a
@@ -10,9 +10,7 @@ written, then in lower case; a class embedding is the mean of its words' vectors
 The readers stream the file and keep only the wanted words, so memory stays small whatever the
 vocabulary size (crawl-300d-2M.vec is 4.5 GB of text, GoogleNews-vectors-negative300.bin 3.6 GB).
 
-SPNet's .pkl files are Python pickles, and unpickling can run arbitrary code: a pickle names
-callables (any importable function, os.system included) that the loader calls. load_pickle
-therefore resolves only the few numpy globals that rebuild plain arrays and refuses all others.
+SPNet's own .pkl matrices are read by spnet_jax/data/safe_pickle.py (no code runs from them).
 
 Writes a dataset's matrix, one row per label value:
 

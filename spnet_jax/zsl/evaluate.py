@@ -2,8 +2,8 @@
 
 Scores arrive as [N, K] arrays over K candidate classes (`candidates` holds their class ids), so
 that ZSL (unseen candidates only) and GZSL (all classes) share the code. Calibration follows the
-segmentation side (spnet_jax/evaluation/evaluate.py): softmax over the candidates, minus gamma
-for the classes trained on, argmax; gamma = 0 is the uncalibrated classifier.
+segmentation side (spnet_jax/evaluation/calibrated_prediction.py): softmax over the candidates,
+minus gamma for the classes trained on, argmax; gamma = 0 is the uncalibrated classifier.
 """
 
 import numpy as np
