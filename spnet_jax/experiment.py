@@ -5,7 +5,6 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -115,18 +114,11 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   """
   config, mesh = setup.config, setup.mesh
   replicated = NamedSharding(mesh, P())
-  init = lambda rng: step_lib.create_train_state(
-    setup.model, setup.tx, rng, config.data.init_image_size, jnp.asarray(setup.class_embeddings)
+  init = step_lib.train_state_init(
+    setup.model, setup.tx, config.data.init_image_size, setup.class_embeddings
   )
   rng = jax.random.key(config.seed)
-  abstract = checkpoint.abstract_train_state(
-    setup.model,
-    setup.tx,
-    config.data.init_image_size,
-    setup.class_embeddings,
-    replicated,
-    config.seed,
-  )
+  abstract = checkpoint.abstract_train_state(init, replicated)
   restored = checkpoint.restore(manager, abstract, step)
   if restored is not None:
     logging.info("Restored checkpoint step %d from %s.", int(restored.step), manager.directory)

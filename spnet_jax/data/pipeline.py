@@ -61,14 +61,19 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def nearest_indices(in_size, out_size, step) -> tf.Tensor:
-  """OpenCV's INTER_NEAREST: output i reads input min(floor(i * step), in - 1), in float64.
+def nearest_source(index, in_size, step) -> tf.Tensor:
+  """OpenCV's INTER_NEAREST: output index i reads input min(floor(i * step), in - 1), in float64.
 
   `step` is input pixels per output pixel as OpenCV computes it: 1 / (out / in) for a resize to
   a given size, 1 / fx for a resize by a factor fx.
   """
-  positions = tf.range(tf.cast(out_size, tf.float64), dtype=tf.float64) * step
+  positions = tf.cast(index, tf.float64) * step
   return tf.minimum(tf.cast(tf.floor(positions), tf.int32), tf.cast(in_size, tf.int32) - 1)
+
+
+def nearest_indices(in_size, out_size, step) -> tf.Tensor:
+  """nearest_source of every output index 0..out_size-1."""
+  return nearest_source(tf.range(out_size), in_size, step)
 
 
 def size_step(in_size, out_size) -> tf.Tensor:
@@ -215,11 +220,9 @@ def warped_and_scaled_crop(image, label, cfg, scale, offset, image_mode: str):
   for axis in range(2):
     index = start[axis] + tf.range(crop)
     inside.append((index >= 0) & (index < scaled[axis]))
-    in_warped = tf.cast(tf.floor(tf.cast(tf.maximum(index, 0), tf.float64) * step), tf.int32)
-    in_warped = tf.minimum(in_warped, warped[axis] - 1)
+    in_warped = nearest_source(tf.maximum(index, 0), warped[axis], step)
     warp_step = size_step(in_size[axis], warped[axis])
-    source = tf.cast(tf.floor(tf.cast(in_warped, tf.float64) * warp_step), tf.int32)
-    indices.append(tf.minimum(source, in_size[axis] - 1))
+    indices.append(nearest_source(in_warped, in_size[axis], warp_step))
   label = tf.gather(tf.gather(label, indices[0], axis=0), indices[1], axis=1)
   mask = inside[0][:, None] & inside[1][None, :]
   image = tf.where(mask[..., None], image, 0.0)

@@ -37,6 +37,7 @@ from spnet_jax.models.layers import FROZEN_COLLECTION
 from spnet_jax.models.registry import create_model
 from spnet_jax.train import checkpoint
 from spnet_jax.train import optimizer as optim
+from spnet_jax.train import step as step_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 WORD_VECTOR_FORMATS = {".vec": "fasttext", ".txt": "fasttext", ".bin": "word2vec"}
@@ -191,9 +192,10 @@ class Predictor:
     config = self.config
     tx = optim.create_optimizer(config.optimizer, config.train.num_steps)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = checkpoint.abstract_train_state(
-      self.model, tx, config.data.init_image_size, self.classes.vectors, device
+    init = step_lib.train_state_init(
+      self.model, tx, config.data.init_image_size, self.classes.vectors
     )
+    abstract = checkpoint.abstract_train_state(init, device)
     manager = checkpoint.create_manager(workdir, config.train.max_checkpoints)
     step = manager.latest_step() if step is None else step
     if step is None:

@@ -3,10 +3,7 @@
 import os
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
-
-from spnet_jax.train import step as step_lib
 
 
 def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
@@ -59,14 +56,10 @@ def abstract_with_sharding(tree, sharding: jax.sharding.Sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def abstract_train_state(
-  model, tx, image_size: int, class_embeddings, sharding: jax.sharding.Sharding, seed: int = 0
-):
-  """Shapes, dtypes and `sharding` of a run's train state, computed without initialising it.
+def abstract_train_state(init, sharding: jax.sharding.Sharding):
+  """Shapes, dtypes and `sharding` of the state `init(rng)` makes, computed without running it.
 
-  What a checkpoint of the run is restored into (the experiment, `predict`).
+  What a checkpoint of the run is restored into (the experiment, `predict`); `init` is
+  step.train_state_init's.
   """
-  init = lambda rng: step_lib.create_train_state(
-    model, tx, rng, image_size, jnp.asarray(class_embeddings)
-  )
-  return abstract_with_sharding(jax.eval_shape(init, jax.random.key(seed)), sharding)
+  return abstract_with_sharding(jax.eval_shape(init, jax.random.key(0)), sharding)

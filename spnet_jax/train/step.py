@@ -5,6 +5,7 @@ training runs without TensorFlow or CLU.
 """
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -52,6 +53,11 @@ def create_train_state(
   return TrainState(
     step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, opt_state=tx.init(params)
   )
+
+
+def train_state_init(model, tx, image_size: int, class_embeddings) -> Callable:
+  """rng -> a new TrainState of `model` (create_train_state with the run's fixed arguments)."""
+  return lambda rng: create_train_state(model, tx, rng, image_size, jnp.asarray(class_embeddings))
 
 
 def logits_for_classes(
