@@ -28,8 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   # SPNet's --excludeval: the val classes are ignored in training and evaluation (seen vs unseen
   # still scored). Its last VAL_SIZE training images can be dropped with data.train_split.
   data.exclude_val_classes = False
-  data.cache = True  # Keep decoded training images in memory (small datasets only).
-  data.shuffle_buffer = 2048  # Examples in the shuffle buffer.
+  data.cache = True  # Keep the training records read in memory (small datasets only).
   data.init_image_size = 64  # Image side used to initialise parameters (any valid size).
   data.train = ml_collections.ConfigDict()
   data.train.warp_size = 0  # Resize to this square size first (0: keep).

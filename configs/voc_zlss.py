@@ -28,7 +28,6 @@ def get_config() -> ml_collections.ConfigDict:
   data.auto_prepare = False  # Real datasets are prepared by hand (README 'Datasets').
   data.image_mode = "caffe_bgr"  # Caffe-derived weights: BGR, 0..255 minus the caffe mean.
   data.cache = False
-  data.shuffle_buffer = 1000
   data.init_image_size = 321
   data.train.warp_size = 513  # Warp image and label to 513x513 first.
   data.train.min_scale = 0.5  # Then random scale 0.5..1.5,

@@ -15,8 +15,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from spnet_jax import config_validation as validation
+from spnet_jax import paths
 from spnet_jax import workdir as workdir_lib
-from spnet_jax.data import datasets, fewshot, pipeline, splits
+from spnet_jax.data import batching, datasets, fewshot, pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
 from spnet_jax.evaluation import calibration, eval_panels, eval_report, eval_step, metrics
 from spnet_jax.interop import pretrained
@@ -175,12 +176,24 @@ def start_from_zero_label_run(state, abstract, source: str, tx, keep_optimizer_s
   return state.replace(params=restored.params, frozen=restored.frozen, opt_state=opt_state)
 
 
+def training_layout(config: ml_collections.ConfigDict, mesh) -> batching.BatchLayout:
+  """This process's rows of each global training batch, padded to fit the mesh's devices."""
+  return batching.batch_layout(
+    config.train.batch_size,
+    mesh.devices.size,
+    jax.process_count(),
+    jax.process_index(),
+    config.train.accumulation_steps,
+  )
+
+
 def training_batches(setup: RunSetup, start_step: int):
   """The run's training stream from start_step: the few-label pool, or the training split."""
   config = setup.config
+  layout = training_layout(config, setup.mesh)
   if setup.pool:
     return fewshot.create_fewshot_iterator(
-      config.data, setup.builder, setup.pool, config.train.batch_size, config.seed, start_step
+      config.data, setup.builder, setup.pool, layout, config.seed, start_step
     )
   # Labels of the trained classes only: with self-training the unseen classes' pixels must stay
   # ignore pixels, for the pseudo-labels to fill (their ground truth is never seen).
@@ -188,18 +201,27 @@ def training_batches(setup: RunSetup, start_step: int):
     config.data,
     setup.builder,
     setup.split.train_classes,
-    config.train.batch_size,
+    layout,
     config.seed,
     start_step=start_step,
   )
 
 
+def eval_local_batch(config: ml_collections.ConfigDict, mesh) -> int:
+  """Evaluation images per process and batch: config.eval.batch_size padded to the devices."""
+  padded = batching.padded_batch_size(config.eval.batch_size, mesh.devices.size)
+  return padded // jax.process_count()
+
+
 def evaluate_split(setup: RunSetup, state, split_name: str, tasks) -> dict[str, np.ndarray]:
   """The run's confusion matrices on a TFDS split (eval_step.compute_confusions)."""
   config = setup.config
-  local_batch = config.eval.batch_size // jax.process_count()
   batches = pipeline.create_eval_batches(
-    config.data, setup.builder, split_name, splits.eval_label_table(setup.split), local_batch
+    config.data,
+    setup.builder,
+    split_name,
+    splits.eval_label_table(setup.split),
+    eval_local_batch(config, setup.mesh),
   )
   return eval_step.compute_confusions(
     {"params": state.params, FROZEN_COLLECTION: state.frozen},
@@ -345,7 +367,7 @@ def write_results(
   writer.flush()
   if jax.process_index() != 0:
     return
-  np.savez(os.path.join(workdir, "confusions.npz"), **confusions)
+  paths.save_arrays(os.path.join(workdir, "confusions.npz"), **confusions)
   if setup.config.data.hold_out_val_classes and results["gamma_sweep"]:
     held_out = setup.split.names(setup.split.unseen)
     written = calibration.write_sweep(workdir, results["gamma_sweep"], held_out, results["step"])
@@ -396,7 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The results dict also written to `workdir`/results.json.
   """
   setup = create_setup(config)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   workdir_lib.write_config(workdir, config)
   writer = workdir_lib.create_writer(workdir)
   manager = checkpoint.create_manager(workdir, config.train.max_checkpoints)

@@ -9,14 +9,13 @@ same command resumes from the workdir's latest checkpoint.
 """
 
 import logging as std_logging
-import os
 
 import jax
 from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from spnet_jax import cli, experiment, zsl
+from spnet_jax import cli, distributed, experiment, peer_watch, zsl
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, summaries and results.json.")
@@ -28,16 +27,22 @@ flags.DEFINE_string(
   "coordinator_address",
   None,
   "Multi-process runs (GPU clusters, local CPU tests): HOST:PORT of process 0. TPU pods and "
-  "SLURM jobs are detected without it.",
+  "srun steps are detected without it.",
 )
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 flags.DEFINE_bool(
   "distributed",
   False,
-  "Call jax.distributed.initialize() with cluster auto-detection (TPU pod slices, SLURM, "
-  "Open MPI, ...). Implied under SLURM with more than one task.",
+  "Call jax.distributed.initialize() with cluster detection (TPU pod slices, SLURM steps, Open "
+  "MPI, ...). Implied in an srun step of more than one task (not in a batch shell).",
 )
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_integer(
+  "heartbeat_timeout",
+  30,
+  "Multi-process runs: seconds without a heartbeat after which a process counts as lost (hung, "
+  "host gone, or dead while the others wait in a collective) and every process stops.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -48,27 +53,21 @@ class _QuietOrbax(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
-def initialize_distributed() -> None:
-  """Joins the other processes of a multi-host run; a single-host run needs nothing."""
-  if FLAGS.coordinator_address:
-    if FLAGS.num_processes is None or FLAGS.process_id is None:
-      raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
-    # CPU processes exchange collectives through gloo (GPU and TPU use their own transports).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-      FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
-    )
-  elif FLAGS.distributed or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    # JAX reads the coordinator, process count and index from SLURM or the TPU metadata.
-    jax.distributed.initialize()
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.verbose_libraries:
     logging.get_absl_logger().addFilter(_QuietOrbax())
-  initialize_distributed()
+  if FLAGS.coordinator_address and (FLAGS.num_processes is None or FLAGS.process_id is None):
+    raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+  distributed.initialize(
+    FLAGS.coordinator_address,
+    FLAGS.num_processes,
+    FLAGS.process_id,
+    detect=FLAGS.distributed,
+    heartbeat_timeout_secs=FLAGS.heartbeat_timeout,
+  )
+  peer_watch.start(FLAGS.heartbeat_timeout)
   logging.info(
     "JAX process %d / %d, local devices: %s",
     jax.process_index(),
@@ -77,10 +76,15 @@ def main(argv):
   )
   platform.work_unit().set_task_status(f"process_index: {jax.process_index()}")
   platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, FLAGS.workdir, "workdir")
-  if FLAGS.config.get("task") == "zsl_classification":
-    zsl.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
-    experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    if FLAGS.config.get("task") == "zsl_classification":
+      zsl.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except Exception as error:
+    # Several processes stop together, naming the one that failed (one process: no-op).
+    peer_watch.stop_after_error(error)
+    raise
 
 
 def run() -> None:

@@ -1,19 +1,27 @@
 """A run's folder: its config.json, results.json and metric writer.
 
 The run plumbing that segmentation runs (experiment.py) and zero-shot classification runs
-(zsl/experiment.py) share.
+(zsl/experiment.py) share. A workdir may be local or in a bucket (gs://): see paths.py.
 """
 
-import json
 import os
+import shutil
+import tempfile
+import time
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from clu import metric_writers
+
+from spnet_jax import paths
 
 CONFIG_FILE = "config.json"  # The run's config: what predict and figures rebuild the run from.
 RESULTS_FILE = "results.json"
+# How often, at most, TensorBoard events of a bucket workdir are copied there during a run (and
+# on every flush and close): each copy uploads the whole event file again.
+EVENTS_COPY_SECS = 60.0
 
 
 def json_safe(value):
@@ -31,29 +39,23 @@ def json_safe(value):
 
 def write_json(path: str, value) -> None:
   """Writes `value` (json_safe) to `path`, indented."""
-  with open(path, "w") as f:
-    json.dump(json_safe(value), f, indent=2)
+  paths.write_json(path, json_safe(value))
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes the run's config to `workdir`/config.json (process 0 only)."""
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    paths.write_text(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (its config.json; JSON lists become tuples)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise ValueError(
-      f"{path} does not exist: {workdir} is not a training workdir (runs write their config "
-      "there when they start), or it was made by an older version: pass --config with the "
-      "experiment config it was trained with."
-    )
-  with open(path) as f:
-    fields = json.load(f)
+  fields = paths.read_json(
+    os.path.join(workdir, CONFIG_FILE),
+    f"{workdir} is not a training workdir (runs write their config there when they start), or "
+    "it was made by an older version: pass --config with the experiment config it was trained "
+    "with.",
+  )
 
   def tuples(value):
     if isinstance(value, dict):
@@ -66,5 +68,93 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard summaries in `workdir` on process 0; logging only on the others."""
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  """TensorBoard summaries in `workdir` on process 0; logging only on the others.
+
+  A bucket workdir gets its event files through a local folder, copied there by EventCopier.
+  """
+  if jax.process_index() > 0:
+    return metric_writers.create_default_writer(just_logging=True)
+  if not paths.is_uri(workdir):
+    return metric_writers.create_default_writer(os.fspath(paths.as_path(workdir)))
+  staging = tempfile.mkdtemp(prefix="spnet_events_")
+  return metric_writers.AsyncMultiWriter(
+    [
+      metric_writers.LoggingWriter(),
+      metric_writers.SummaryWriter(staging),
+      # After the SummaryWriter: flush and close reach it once the events are on disk.
+      EventCopier(staging, workdir),
+    ]
+  )
+
+
+class EventCopier(metric_writers.MetricWriter):
+  """Copies the event files of a local folder into a bucket workdir, through paths.py.
+
+  TensorFlow could write the events to gs:// itself, but its GCS filesystem has its endpoints
+  built in (https://www.googleapis.com/storage/v1/; no setting or variable changes them), so no
+  test could point it at a local emulator. Copied through epath, the events take the way every
+  other file of the workdir takes, which the tests run on an emulator. The cost is TensorFlow's
+  own: a bucket object cannot be appended to, so its writer too uploads the whole file on each
+  flush. Events reach the bucket every EVENTS_COPY_SECS of writing and on flush and close; a
+  kill -9 loses those since the last copy (TensorFlow's writer, those since its last flush).
+  """
+
+  def __init__(self, staging: str, destination: str, every_secs: float = EVENTS_COPY_SECS):
+    self._staging, self._destination = staging, destination
+    self._every_secs, self._last = every_secs, time.monotonic()
+    self._copied: dict[str, tuple[int, int]] = {}  # File name -> (size, mtime) last copied.
+
+  def copy(self) -> list[str]:
+    """Copies the event files that changed since their last copy; returns their names."""
+    self._last = time.monotonic()
+    copied = []
+    for name in sorted(os.listdir(self._staging)):
+      source = os.path.join(self._staging, name)
+      stat = os.stat(source)
+      version = (stat.st_size, stat.st_mtime_ns)
+      if self._copied.get(name) == version:
+        continue
+      with open(source, "rb") as f:
+        paths.write_bytes(os.path.join(self._destination, name), f.read())
+      self._copied[name] = version
+      copied.append(name)
+    return copied
+
+  def _written(self) -> None:
+    if time.monotonic() - self._last < self._every_secs:
+      return
+    try:
+      self.copy()
+    except Exception as error:  # Whichever backend's error: the next copy retries.
+      logging.warning("Copying TensorBoard events to %s failed: %s", self._destination, error)
+
+  def write_summaries(self, step, values, metadata=None):
+    self._written()
+
+  def write_scalars(self, step, scalars):
+    self._written()
+
+  def write_images(self, step, images):
+    self._written()
+
+  def write_videos(self, step, videos):
+    self._written()
+
+  def write_audios(self, step, audios, *, sample_rate):
+    self._written()
+
+  def write_texts(self, step, texts):
+    self._written()
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    self._written()
+
+  def write_hparams(self, hparams):
+    self._written()
+
+  def flush(self):
+    self.copy()
+
+  def close(self):
+    self.copy()
+    shutil.rmtree(self._staging, ignore_errors=True)

@@ -42,7 +42,6 @@ def tiny_config(data_dir: str, num_steps: int = 6, batch_size: int = 4):
   config.data.data_dir = data_dir
   config.data.builder_config = "tiny"
   config.data.auto_prepare = False
-  config.data.shuffle_buffer = 64
   config.model.width = 16
   config.model.dilations = (1, 2)
   config.train.num_steps = num_steps
@@ -73,7 +72,6 @@ def main_command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
     workdir,
     f"--config.data.data_dir={data_dir}",
     "--config.data.builder_config=tiny",
-    "--config.data.shuffle_buffer=64",
     "--config.model.width=8",
     "--config.model.dilations=(1,2)",
     "--config.train.log_every_steps=1",

@@ -6,13 +6,13 @@ import json
 import logging
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from spnet_jax.data import datasets, fewshot, safe_pickle, shapes, splits
+from spnet_jax.data import batching, datasets, fewshot, safe_pickle, shapes, splits
 
 IGNORE = splits.IGNORE_LABEL
+LAYOUT = batching.batch_layout(4, 1, 1, 0)  # A global batch of 4 on one device.
 VOC_SPLIT_DIR = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
   "..",
@@ -180,7 +180,9 @@ def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
 def test_fewshot_iterator_labels(fast_config, shapes_pool):
   builder, pool = shapes_pool
   batches = take(
-    fewshot.create_fewshot_iterator(fast_config.data, builder, pool, 4, seed=3, include_tag=True),
+    fewshot.create_fewshot_iterator(
+      fast_config.data, builder, pool, LAYOUT, seed=3, include_tag=True
+    ),
     6,
   )
   tables = fewshot.pool_label_tables(pool)
@@ -208,7 +210,9 @@ def test_fewshot_iterator_covers_the_pool_each_epoch(fast_config, shapes_pool):
   builder, pool = shapes_pool
   size = len(pool.entries)
   batches = take(
-    fewshot.create_fewshot_iterator(fast_config.data, builder, pool, 4, seed=0, include_tag=True),
+    fewshot.create_fewshot_iterator(
+      fast_config.data, builder, pool, LAYOUT, seed=0, include_tag=True
+    ),
     -(-2 * size // 4),
   )
   tags = np.concatenate([b["tag"] for b in batches])
@@ -220,18 +224,19 @@ def test_fewshot_iterator_covers_the_pool_each_epoch(fast_config, shapes_pool):
 
 def test_fewshot_iterator_resume_and_process_slices(fast_config, shapes_pool, monkeypatch):
   builder, pool = shapes_pool
-  make = lambda **kw: fewshot.create_fewshot_iterator(fast_config.data, builder, pool, 4, 7, **kw)
+
+  def make(layout=LAYOUT, **kw):
+    return fewshot.create_fewshot_iterator(fast_config.data, builder, pool, layout, 7, **kw)
+
   full = take(make(), 5)
   resumed = take(make(start_step=3), 2)
   for a, b in zip(full[3:], resumed, strict=True):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
   # Two processes: each takes its half of every global batch.
-  monkeypatch.setattr(jax, "process_count", lambda: 2)
   halves = []
   for p in range(2):
-    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
-    halves.append(take(make(start_step=1), 2))
+    halves.append(take(make(batching.batch_layout(4, 2, 2, p), start_step=1), 2))
   for t in range(2):
     for key in ("image", "label"):
       joined = np.concatenate([halves[0][t][key], halves[1][t][key]])
@@ -244,7 +249,7 @@ def test_fewshot_iterator_missing_image(fast_config, shapes_pool):
     (fewshot.PoolEntry("nope", -1, 0),), 1, 0, pool.seen_classes, pool.novel_classes
   )
   with pytest.raises(ValueError, match="not in split"):
-    fewshot.create_fewshot_iterator(fast_config.data, builder, bad, 4, seed=0)
+    fewshot.create_fewshot_iterator(fast_config.data, builder, bad, LAYOUT, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -386,6 +386,40 @@ def test_tpu_run_starts_the_entry_point_on_all_workers_and_stop_signals_it(tpu_e
   assert "tail -n 200 -F" in command.replace("\\", "") and "train.log" in command
 
 
+# Bucket paths as a TPU or GPU run uses them: the workdir, the TFDS folder (DATA_DIR, or the flag
+# in EXTRA_ARGS) and the embedding files must reach spnet_jax.main exactly as written.
+GS_WORKDIR = "gs://my-bucket/spnet/coco run"
+GS_EMBEDDINGS = "gs://my-bucket/emb/coco_fasttext.npy,gs://my-bucket/emb/coco_word2vec.npy"
+GS_PATHS = [
+  pytest.param("gs://my-bucket/tfds", f"--config.embeddings.paths={GS_EMBEDDINGS}", id="DATA_DIR"),
+  pytest.param(
+    "",
+    f"--config.data.data_dir=gs://my-bucket/tfds --config.embeddings.paths={GS_EMBEDDINGS}",
+    id="EXTRA_ARGS",
+  ),
+]
+
+
+def _assert_gs_paths_unchanged(args: list[str]) -> None:
+  assert args[args.index("--workdir") + 1] == GS_WORKDIR
+  assert args.count("--config.data.data_dir=gs://my-bucket/tfds") == 1
+  assert f"--config.embeddings.paths={GS_EMBEDDINGS}" in args
+
+
+@pytest.mark.parametrize(("data_dir", "extra_args"), GS_PATHS)
+def test_tpu_run_passes_gs_workdir_and_data_paths_through_unchanged(tpu_env, data_dir, extra_args):
+  env, tmp_path = tpu_env
+  (tmp_path / "home" / "spnet_jax" / "src").mkdir()
+  env = {**env, "WORKDIR": GS_WORKDIR, "DATA_DIR": data_dir, "EXTRA_ARGS": extra_args}
+  result = _run_tpu(env, "run")
+  assert "is not gs://" not in result.stderr
+  # The venv's python is a recorder here: it logs its arguments on the "worker" and exits.
+  assert _wait_for(lambda: _json_lines(env["PYTHON_LOG"]))
+  (args,) = _json_lines(env["PYTHON_LOG"])
+  assert args[:3] == ["-m", "spnet_jax.main", "--distributed"]
+  _assert_gs_paths_unchanged(args)
+
+
 def _alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -474,6 +508,21 @@ def test_slurm_runs_one_process_per_node_with_coordinator_flags(slurm_env):
   options = (tmp_path / "srun.options").read_text().split()
   assert "--ntasks-per-node=1" in options and "--gpus-per-node=8" in options
   assert "requeue" not in (tmp_path / "scontrol.log").read_text()
+
+
+@pytest.mark.parametrize(("data_dir", "extra_args"), GS_PATHS)
+def test_slurm_passes_gs_workdir_and_data_paths_through_unchanged(slurm_env, data_dir, extra_args):
+  env, _ = slurm_env
+  env = {**env, "WORKDIR": GS_WORKDIR, "DATA_DIR": data_dir, "EXTRA_ARGS": extra_args}
+  result = subprocess.run(
+    ["bash", SLURM_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+  )
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert f"workdir {GS_WORKDIR}" in result.stdout
+  calls = _json_lines(env["PY_LOG"])
+  assert [call[call.index("--workdir") + 1] for call in calls] == [GS_WORKDIR] * 2
+  for call in calls:
+    _assert_gs_paths_unchanged(call)
 
 
 def test_slurm_default_workdir_and_no_data_dir_flag(slurm_env):

@@ -74,7 +74,7 @@ def test_two_processes_match_one_process(shapes_data_dir, tmp_path):
     assert process.returncode == 0, stderr[-3000:]
   multi_log = outputs[0][1]
   assert "Mesh {'data': 4} over 4 devices (2 processes)" in multi_log
-  assert "global batch 8 (4 per process, 2 per device)" in multi_log
+  assert "global batch 8 (8 rows with any padding: 4 per process, 2 per device)" in multi_log
 
   assert len(single_losses) == 6
   np.testing.assert_allclose(_losses(multi_log), single_losses, rtol=1e-5)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from configs import shapes_zlss
-from spnet_jax.data import pipeline, splits
+from spnet_jax.data import batching, pipeline, splits
 
 IGNORE = 255
 # Image value that encodes a label: red channel = 10 * label (labels 0..16 -> 0..160).
@@ -299,21 +299,28 @@ def test_resize_label_nearest_uses_opencvs_rule(size):
   assert out.dtype == np.uint8
 
 
+def _layout(batch, devices=1, processes=1, process=0, accumulation=1):
+  return batching.batch_layout(batch, devices, processes, process, accumulation)
+
+
 def test_training_stream_is_a_function_of_the_step(fast_config):
   from spnet_jax.data import datasets
 
   builder = datasets.get_builder(fast_config)
   classes = splits.get_split("shapes", "default").train_classes
-  stream = pipeline.create_train_iterator(fast_config.data, builder, classes, 4, seed=3)
+  stream = pipeline.create_train_iterator(fast_config.data, builder, classes, _layout(4), seed=3)
   first = [next(stream) for _ in range(20)]  # 80 examples: more than one epoch of 48.
   resumed = pipeline.create_train_iterator(
-    fast_config.data, builder, classes, 4, seed=3, start_step=13
+    fast_config.data, builder, classes, _layout(4), seed=3, start_step=13
   )
   for step in range(13, 20):
     batch = next(resumed)
     np.testing.assert_array_equal(batch["image"], first[step]["image"])
     np.testing.assert_array_equal(batch["label"], first[step]["label"])
-  other = next(pipeline.create_train_iterator(fast_config.data, builder, classes, 4, seed=4))
+    assert batch["mask"].all()
+  other = next(
+    pipeline.create_train_iterator(fast_config.data, builder, classes, _layout(4), seed=4)
+  )
   assert not np.array_equal(other["image"], first[0]["image"])
 
 

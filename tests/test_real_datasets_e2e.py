@@ -70,7 +70,6 @@ def test_coco_stuff_config_trains_and_evaluates_on_fake_data(tmp_path, monkeypat
   config.data.train.warp_size = 65
   config.data.train.crop_size = 33
   config.data.eval.warp_size = 65
-  config.data.shuffle_buffer = 8
   config.train.batch_size = 2
   config.train.num_steps = 2
   config.train.log_every_steps = 1

@@ -52,6 +52,21 @@ def test_pseudo_labels_match_numpy():
     np.testing.assert_array_equal(np.asarray(got), _numpy_pseudo_label(logits, labels, 3, fraction))
 
 
+def test_padding_images_get_no_pseudo_labels():
+  # A batch padded to fit the devices (data/batching.py): the padding images (all ignore) must
+  # neither be labelled nor move the real images' confidence quantiles.
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(3, 6, 5, 5)).astype(np.float32) * 3
+  labels = rng.integers(0, 3, size=(3, 6, 5)).astype(np.int32)
+  labels[rng.random(labels.shape) < 0.6] = IGNORE
+  labels[2] = IGNORE
+  mask = np.array([True, True, False])
+  got = self_training.pseudo_label(jnp.asarray(logits), jnp.asarray(labels), 3, 0.5, mask)
+  got = np.asarray(got)
+  np.testing.assert_array_equal(got[:2], _numpy_pseudo_label(logits[:2], labels[:2], 3, 0.5))
+  np.testing.assert_array_equal(got[2], labels[2])
+
+
 def test_pseudo_labels_hand_case():
   # One image, 4 ignore pixels predicted as unseen class index 2 with rising confidence; one
   # labelled pixel (kept) and one ignore pixel predicted as a known class (stays ignore).
@@ -146,15 +161,15 @@ def test_self_training_continues_a_zero_label_run(
   # unseen ones, with the configured fraction.
   calls = []
 
-  def recording_pseudo_label(logits, labels, num_known, fraction):
-    calls.append((logits.shape[-1], num_known, fraction))
-    return pseudo_label(logits, labels, num_known, fraction)
+  def recording_pseudo_label(logits, labels, num_known, fraction, image_mask):
+    calls.append((logits.shape[-1], num_known, fraction, image_mask.shape))
+    return pseudo_label(logits, labels, num_known, fraction, image_mask)
 
   pseudo_label = self_training.pseudo_label
   monkeypatch.setattr(self_training, "pseudo_label", recording_pseudo_label)
   results = experiment.train_and_evaluate(config, str(tmp_path / "st"))
   assert results["step"] == 3 and results["tasks"] == ["ZLSS", "GZLSS"]
-  assert calls and set(calls) == {(17, 13, 0.5)}
+  assert calls and set(calls) == {(17, 13, 0.5, (config.train.batch_size,))}
 
 
 class _Stop(Exception):

@@ -4,8 +4,12 @@ import importlib
 import os
 
 import ml_collections
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+from tensorflow_datasets.core import file_adapters
+
+from spnet_jax.data import records
 
 # config.data.name -> (module defining the TFDS builder, TFDS builder name). Modules are imported
 # on demand: importing one registers its builder with TFDS.
@@ -59,8 +63,42 @@ def prepare(name: str, builder_config: str, directory: str, manual_dir: str = ""
         "(README.md, section 'Datasets')."
       )
     download_config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir))
-  builder.download_and_prepare(download_config=download_config)
+  # ArrayRecord: records read by index (records.py), for per-process reads and instant resume.
+  builder.download_and_prepare(download_config=download_config, file_format=records.RECORD_FORMAT)
   return builder
+
+
+def convert_to_random_access(dataset_version_dir: str) -> None:
+  """Adds ArrayRecord files beside a dataset prepared as TFRecord files (which stay).
+
+  Each TFRecord shard is copied record for record into the ArrayRecord shard TFDS would have
+  written (through a temporary file, so an interrupted conversion leaves no partial shard), and
+  dataset_info.json then names ArrayRecord as the format to read.
+  """
+  from tensorflow_datasets.core import dataset_info as info_lib  # Only this command needs it.
+
+  builder = tfds.builder_from_directory(dataset_version_dir)
+  info = builder.info
+  for split in info.splits.values():
+    for source in split.filepaths:
+      name = source.name.replace(".tfrecord-", f".{records.RECORD_FORMAT}-")
+      if name == source.name:
+        raise ValueError(f"{source} is not a TFRecord shard of {info.full_name}.")
+      target = source.parent / name
+      if target.exists():
+        continue
+      partial = source.parent / f"{name}.incomplete"
+      serialized = tf.data.TFRecordDataset(str(source)).as_numpy_iterator()
+      file_adapters.ArrayRecordFileAdapter.write_examples(partial, ((None, r) for r in serialized))
+      partial.rename(target)
+      logging.info("Wrote %s", target)
+  # ArrayRecord becomes the main format: a registered builder's info ignores the alternatives.
+  proto = info.as_proto
+  if proto.file_format != records.RECORD_FORMAT:
+    del proto.alternative_file_formats[:]
+    proto.alternative_file_formats.append(proto.file_format)
+    proto.file_format = records.RECORD_FORMAT
+    info_lib.write_dataset_info_proto(proto, dataset_info_dir=builder.data_path)
 
 
 def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -77,6 +115,7 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   directory = data_dir(config)
   builder = create_builder(name, config.data.builder_config, directory)
   if builder.is_prepared():
+    records.check_random_access(builder)
     return builder
   manual_dir = config.data.get("manual_dir", "")
   if config.data.auto_prepare and (name not in MANUAL_CONTENTS or manual_dir):

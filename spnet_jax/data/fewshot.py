@@ -24,7 +24,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from spnet_jax.data import pipeline, safe_pickle, splits
+from spnet_jax import paths
+from spnet_jax.data import batching, pipeline, safe_pickle, splits
+from spnet_jax.data import records as records_lib
 
 # SPNet's n-shot lists take images [i * 20 : i * 20 + n] of each class list for offset i, so the
 # pools of different offsets are disjoint for every n up to 20.
@@ -54,9 +56,8 @@ def build_class_image_lists(
   Returns:
     {label value: sorted image ids}, with an (empty) entry for every value 0..num_classes-1.
   """
-  ds = builder.as_dataset(
-    split=split_name, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
-  )
+  split_records = records_lib.SplitRecords(builder, split_name)
+  ds = records_lib.split_dataset(split_records, range(len(split_records)), decode_label=True)
 
   def presence(example):
     # uint8 labels: 256 bins cover every value, 255 included.
@@ -87,13 +88,9 @@ def save_class_image_lists(path: str, lists: Mapping[int, Sequence[str]]) -> Non
     "format": _LISTS_FORMAT,
     "lists": {str(int(c)): list(ids) for c, ids in sorted(lists.items())},
   }
-  directory = os.path.dirname(path)
-  if directory:
-    tf.io.gfile.makedirs(directory)
   temporary = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(temporary, "w") as file:
-    json.dump(payload, file)
-  tf.io.gfile.rename(temporary, path, overwrite=True)
+  paths.write_text(temporary, json.dumps(payload))
+  paths.as_path(temporary).replace(paths.as_path(path))
 
 
 def load_class_image_lists(path: str) -> dict[int, list[str]]:
@@ -102,8 +99,7 @@ def load_class_image_lists(path: str) -> dict[int, list[str]]:
   Raises:
     ValueError: the file is not such a list file.
   """
-  with tf.io.gfile.GFile(path, "r") as file:
-    payload = json.load(file)
+  payload = paths.read_json(path)
   if not isinstance(payload, dict) or payload.get("format") != _LISTS_FORMAT:
     raise ValueError(f"{path} is not a class image list file ({_LISTS_FORMAT}).")
   return {int(c): [str(i) for i in ids] for c, ids in payload["lists"].items()}
@@ -117,7 +113,7 @@ def load_or_build_class_image_lists(
   The pass is deterministic, so every process may build; only process 0 writes the file.
   """
   path = path or default_lists_path(builder, split_name)
-  if tf.io.gfile.exists(path):
+  if paths.exists(path):
     return load_class_image_lists(path)
   logging.info("Building the per-class image lists of split %r (once): %s", split_name, path)
   lists = build_class_image_lists(builder, split_name, num_classes)
@@ -146,8 +142,8 @@ def lists_from_spnet_pickle(pkl_path: str, train_ids_path: str) -> dict[int, lis
   positions = safe_pickle.load_pickle(pkl_path)
   if not isinstance(positions, dict):
     raise ValueError(f"{pkl_path}: expected a dict label -> positions, got {type(positions)}.")
-  with tf.io.gfile.GFile(train_ids_path, "r") as file:
-    ids = [line.strip() for line in file if line.strip()]
+  lines = paths.read_text(train_ids_path).splitlines()
+  ids = [line.strip() for line in lines if line.strip()]
   lists = {}
   for label, where in positions.items():
     where = np.asarray(where, np.int64).reshape(-1)
@@ -313,8 +309,8 @@ def _load_pool_records(
     ),
     default_value=0,
   )
-  decoders = {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
-  ds = builder.as_dataset(split=split_name, shuffle_files=False, decoders=decoders)
+  split_records = records_lib.SplitRecords(builder, split_name)
+  ds = records_lib.split_dataset(split_records, range(len(split_records)))
   ds = ds.filter(lambda ex: wanted.lookup(ex["image_id"]) > 0)
   records = {}
   for example in ds.as_numpy_iterator():
@@ -332,18 +328,18 @@ def create_fewshot_iterator(
   data_config: ml_collections.ConfigDict,
   builder: tfds.core.DatasetBuilder,
   pool: FewShotPool,
-  global_batch_size: int,
+  layout: batching.BatchLayout,
   seed: int,
   start_step: int = 0,
   split_name: str = "",
   include_tag: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless iterator of this process's share of each global few-label batch, from start_step.
+  """Endless iterator of this process's rows of each global few-label batch, from start_step.
 
   The contract of pipeline.create_train_iterator: global example k is entry perm_e[k mod M] of
   the pool (M entries, perm_e a permutation drawn from (seed, epoch e = k // M), so every entry is
   seen once per epoch), augmented with a seed derived from k; global batch t holds examples
-  t*B..(t+1)*B-1 and process p takes the p-th of its equal slices. A resumed run therefore sees
+  t*B..(t+1)*B-1 in its first B rows (pipeline.local_examples). A resumed run therefore sees
   the batches an uninterrupted one would. The pool's images stay in memory, encoded (decoded they
   would take gigabytes for COCO-Stuff at n=20), and are decoded per example.
 
@@ -351,22 +347,19 @@ def create_fewshot_iterator(
     data_config: config.data (train augmentation and image_mode).
     builder: the prepared TFDS builder the pool was drawn from.
     pool: the pool (build_pool).
-    global_batch_size: images per step over all processes.
+    layout: this process's rows of the padded global batch (batching.batch_layout).
     seed: seeds the epoch order and augmentation.
     start_step: the first step to produce.
     split_name: TFDS split holding the pool's images (default data_config.train_split).
     include_tag: also yield 'tag' int32 [b], the tag of each image (for checks).
 
   Returns:
-    Iterator of {'image': float32 [b, h, w, 3], 'label': int32 [b, h, w]} with labels in
-    visible-class indices or ignore, b = the global batch divided by the process count.
+    Iterator of {'image': float32 [b, h, w, 3], 'label': int32 [b, h, w], 'mask': bool [b]}
+    with labels in visible-class indices or ignore, b = layout.local_size (mask False on
+    padding rows).
   """
   if not pool.entries:
     raise ValueError("The few-label pool is empty: no class list had images for it.")
-  processes, process = jax.process_count(), jax.process_index()
-  if global_batch_size % processes:
-    raise ValueError(f"Batch {global_batch_size} does not split over {processes} processes.")
-  local_batch_size = global_batch_size // processes
   image_ids = pool.image_ids
   records = _load_pool_records(builder, split_name or data_config.train_split, image_ids)
   slot = {image_id: i for i, image_id in enumerate(image_ids)}
@@ -403,9 +396,8 @@ def create_fewshot_iterator(
       out["tag"] = entry_tag[entry]
     return out
 
-  ds = tf.data.Dataset.counter(start=start_step * global_batch_size, dtype=tf.int64)
-  # Global example k belongs to process (k mod B) // b: the p-th slice of its global batch.
-  ds = ds.filter(lambda k: (k % global_batch_size) // local_batch_size == process)
+  ds = pipeline.local_examples(layout, start_step)
   ds = ds.map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
+  ds = ds.batch(max(len(layout.real_rows), 1), drop_remainder=True)
+  ds = ds.map(lambda batch: pipeline.pad_to_layout(batch, layout)).prefetch(2)
   return ds.as_numpy_iterator()

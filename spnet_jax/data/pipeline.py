@@ -1,7 +1,8 @@
 """tf.data input pipeline: preprocessing ops, training stream and padded evaluation batches.
 
 Every random op is stateless and seeded per example, so the stream is a pure function of the
-seed: reruns see the same data, and each process reads only its own slice of a split.
+seed: reruns see the same data, and each process reads only its own rows of each batch
+(records.py reads any record by index).
 """
 
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from spnet_jax.data import splits
+from spnet_jax.data import batching, splits
+from spnet_jax.data import records as records_lib
 
 # Caffe ImageNet mean in BGR order, what the caffe-derived DeepLab weights expect.
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
@@ -303,70 +305,97 @@ def eval_preprocess(example, data_config: ml_collections.ConfigDict, table: np.n
   return {"image": image, "label": remap_labels(label, table), "mask": tf.constant(True)}
 
 
-def decode_example(example, features) -> dict:
-  """An example read with SKIP_DECODING -> uint8 image (decode_image) and label [H, W, 1]."""
-  return {
-    "image": decode_image(example["image"]),
-    "label": features["label"].decode_example(example["label"]),
-  }
+def local_examples(layout: batching.BatchLayout, start_step: int) -> tf.data.Dataset:
+  """Stream positions k (int64) of this process's rows of each global batch from start_step.
+
+  Global batch t holds stream examples t*B..(t+1)*B-1 in rows 0..B-1 (batching.py); a process
+  whose rows are all padding reads row 0's example, only to pad with (pad_to_layout masks it).
+  """
+  rows = layout.real_rows or range(0, 1)
+  first, count, batch = rows.start, len(rows), layout.batch_size
+  ds = tf.data.Dataset.counter(start=start_step * count, dtype=tf.int64)
+  return ds.map(lambda i: (i // count) * batch + first + i % count)
+
+
+def pad_to_layout(batch: dict[str, tf.Tensor], layout: batching.BatchLayout) -> dict:
+  """This process's real rows -> its layout.local_size rows; padding rows are masked.
+
+  Padding rows repeat the last real row with a zero image and ignore labels, and 'mask' is
+  False for them (self-training must not pseudo-label them; evaluation must not count them).
+  """
+  real = len(layout.real_rows)
+  mask = tf.range(layout.local_size) < real
+  if real == layout.local_size:  # No padding rows: spare the copies.
+    return {**batch, "mask": mask}
+  rows = tf.minimum(tf.range(layout.local_size), tf.shape(batch["label"])[0] - 1)
+  out = {key: tf.gather(value, rows) for key, value in batch.items()}
+  label_mask = tf.reshape(mask, [-1] + [1] * (out["label"].shape.rank - 1))
+  out["label"] = tf.where(label_mask, out["label"], splits.IGNORE_LABEL)
+  image_mask = tf.reshape(mask, [-1] + [1] * (out["image"].shape.rank - 1))
+  out["image"] = tf.where(image_mask, out["image"], tf.zeros_like(out["image"]))
+  out["mask"] = mask
+  return out
 
 
 def create_train_iterator(
   data_config: ml_collections.ConfigDict,
   builder: tfds.core.DatasetBuilder,
   train_classes: tuple[int, ...],
-  global_batch_size: int,
+  layout: batching.BatchLayout,
   seed: int,
   start_step: int = 0,
+  split: records_lib.SplitRecords | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless iterator of this process's share of each global training batch, from start_step.
+  """Endless iterator of this process's rows of each global training batch, from start_step.
 
   The stream is a function of the seed and the global step only: example k of the endless
-  shuffled sequence is augmented with a seed derived from k, global batch t holds examples
-  t*B..(t+1)*B-1, and process p takes the p-th of its equal slices. So a run resumed at step t
-  sees exactly the batches an uninterrupted run would, whatever the number of processes. Every
-  process reads the records of the split, but decodes and augments only its own share.
+  stream is record records.EpochOrder(seed)[k] (a new permutation of the split every epoch),
+  augmented with a seed derived from k; global batch t holds examples t*B..(t+1)*B-1. Each
+  process reads only the records of its own rows, and a run resumed at step t reads from step
+  t on: it sees exactly the batches an uninterrupted run would, whatever the number of
+  processes, without reading any record of earlier steps.
 
   Args:
     data_config: config.data.
-    builder: a prepared TFDS builder.
+    builder: a prepared TFDS builder (ArrayRecord files).
     train_classes: label values trained on, in order (their index is the training label);
       every other value becomes the ignore label.
-    global_batch_size: images per step over all processes.
-    seed: seeds shuffling and augmentation.
-    start_step: the first step to produce (resuming skips the records of earlier steps).
+    layout: this process's rows of the padded global batch (batching.batch_layout).
+    seed: seeds the epoch orders and augmentation.
+    start_step: the first step to produce.
+    split: the training split's records (default: opened here); benchmarks pass their own to
+      read its counters.
 
   Returns:
-    Iterator of {'image': float32 [b, h, w, 3], 'label': int32 [b, h, w]}, b = the global
-    batch divided by the process count.
+    Iterator of {'image': float32 [b, h, w, 3], 'label': int32 [b, h, w], 'mask': bool [b]},
+    b = layout.local_size (mask False on padding rows).
   """
-  processes = jax.process_count()
-  local_batch_size = global_batch_size // processes
-  features = builder.info.features
-  decoders = {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
-  ds = builder.as_dataset(split=data_config.train_split, shuffle_files=False, decoders=decoders)
-  if data_config.cache:
-    ds = ds.cache()
-  ds = ds.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  ds = ds.enumerate().skip(start_step * global_batch_size)
-  # Consecutive groups of local_batch_size examples; group t*P + p belongs to process p.
-  ds = ds.batch(local_batch_size).shard(processes, jax.process_index()).unbatch()
+  if split is None:
+    split = records_lib.SplitRecords(builder, data_config.train_split, cache=data_config.cache)
+  order = records_lib.EpochOrder(len(split), seed)
   table = splits.remap_table(train_classes)
+  count = max(len(layout.real_rows), 1)
 
-  def decode_and_augment(index, example):
-    example = decode_example(example, features)
+  def decode_and_augment(index, serialized):
+    example = split.parse(serialized)
+    example = {
+      "image": decode_image(example["image"]),
+      "label": split.features["label"].decode_example(example["label"]),
+    }
     example_seed = tf.stack([tf.constant(seed, tf.int64), index])
     return train_preprocess(example, example_seed, data_config, table)
 
+  examples = local_examples(layout, start_step).batch(count)
+  ds = split.read_batches(examples, record_index=order.records).unbatch()
   ds = ds.map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
+  ds = ds.batch(count, drop_remainder=True)
+  ds = ds.map(lambda batch: pad_to_layout(batch, layout)).prefetch(2)
   return ds.as_numpy_iterator()
 
 
-def eval_num_batches(builder: tfds.core.DatasetBuilder, split: str, local_batch_size: int) -> int:
-  """Batches per process: the same on every process, enough for the largest slice."""
-  parts = tfds.even_splits(split, n=jax.process_count())
-  largest = max(builder.info.splits[part].num_examples for part in parts)
+def eval_num_batches(num_records: int, local_batch_size: int) -> int:
+  """Batches per process: the same on every process, enough for the largest part."""
+  largest = -(-num_records // jax.process_count())
   return -(-largest // local_batch_size)
 
 
@@ -379,13 +408,14 @@ def create_eval_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's evaluation batches, padded with masked-out images to a common count.
 
-  Every process yields the same number of batches (so collectives line up) and every test image
-  is counted exactly once: padding rows carry mask=False.
+  Process p reads its contiguous part of the split only. Every process yields the same number
+  of batches (so collectives line up) and every test image is counted exactly once: padding
+  rows carry mask=False.
   """
-  part = tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
-  num_batches = eval_num_batches(builder, split, local_batch_size)
-  decoders = {"image": tfds.decode.SkipDecoding()}
-  ds = builder.as_dataset(split=part, shuffle_files=False, decoders=decoders)
+  records = records_lib.SplitRecords(builder, split)
+  part = records_lib.process_part(len(records), jax.process_count(), jax.process_index())
+  num_batches = eval_num_batches(len(records), local_batch_size)
+  ds = records_lib.split_dataset(records, part, decode_label=True)
   ds = ds.map(
     lambda ex: eval_preprocess({**ex, "image": decode_image(ex["image"])}, data_config, table),
     num_parallel_calls=tf.data.AUTOTUNE,
@@ -399,7 +429,7 @@ def create_eval_batches(
     yield _pad_batch(batch, local_batch_size)
     produced += 1
   if template is None:
-    raise ValueError(f"Evaluation split {split!r} slice {part!r} is empty.")
+    raise ValueError(f"Evaluation split {split!r} has no images for process {jax.process_index()}.")
   for _ in range(num_batches - produced):
     yield _pad_batch({k: v[:0] for k, v in template.items()}, local_batch_size)
 

@@ -3,6 +3,10 @@
 python -m spnet_jax.data.prepare --dataset shapes
 python -m spnet_jax.data.prepare --dataset coco_stuff --manual_dir /data/cocostuff
 python -m spnet_jax.data.prepare --dataset voc_sbd --manual_dir /data/voc_sbd
+
+Datasets are written as ArrayRecord files (read by index). A dataset prepared by an older
+version as TFRecord files is converted in place (the ArrayRecord files are added beside them):
+python -m spnet_jax.data.prepare --convert --dataset_dir <data_dir>/<name>/<config>/<version>
 """
 
 from absl import flags, logging
@@ -18,10 +22,24 @@ _MANUAL_DIR = flags.DEFINE_string(
   "manual_dir", "", "Folder with the unpacked archives (coco_stuff, voc_sbd; README 'Datasets')."
 )
 _BUILDER_CONFIG = flags.DEFINE_string("builder_config", "default", "TFDS builder config.")
+_CONVERT = flags.DEFINE_bool(
+  "convert", False, "Add ArrayRecord files to the prepared dataset in --dataset_dir."
+)
+_DATASET_DIR = flags.DEFINE_string(
+  "dataset_dir", "", "With --convert: the dataset version folder (holds dataset_info.json)."
+)
 
 
 def main(argv):
   del argv
+  if _CONVERT.value:
+    if not _DATASET_DIR.value:
+      raise flags.ValidationError(
+        "--convert needs --dataset_dir (the folder with dataset_info.json)."
+      )
+    datasets.convert_to_random_access(_DATASET_DIR.value)
+    print(f"Added ArrayRecord files to {_DATASET_DIR.value}")
+    return
   directory = _DATA_DIR.value or datasets.data_dir_default()
   builder = datasets.prepare(_DATASET.value, _BUILDER_CONFIG.value, directory, _MANUAL_DIR.value)
   for split, info in builder.info.splits.items():

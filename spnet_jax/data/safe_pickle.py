@@ -5,10 +5,13 @@ included) that the loader calls. load_pickle therefore resolves only the few num
 rebuild plain arrays and refuses all others.
 """
 
+import io
 import pickle
 from typing import Any
 
 import numpy as np
+
+from spnet_jax import paths
 
 try:  # numpy >= 2 keeps its internals in numpy._core; numpy 1.x in numpy.core.
   from numpy._core import multiarray as _multiarray
@@ -78,7 +81,8 @@ def load_pickle(path: str) -> np.ndarray | dict[Any, np.ndarray] | list[np.ndarr
     pickle.UnpicklingError: the pickle names a global other than the numpy array ones.
     ValueError: the pickle holds something other than arrays.
   """
-  with open(path, "rb") as file:
+  # Read whole (SPNet's .pkl files are small): local or in a bucket alike.
+  with io.BytesIO(paths.read_bytes(path)) as file:
     try:
       # latin1 lets Python 2 pickles of arrays (byte strings) load; Python 3 pickles ignore it.
       value = RestrictedUnpickler(file, encoding="latin1").load()

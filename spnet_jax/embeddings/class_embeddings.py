@@ -5,6 +5,7 @@ import os
 import ml_collections
 import numpy as np
 
+from spnet_jax import paths
 from spnet_jax.data import safe_pickle, splits
 
 # 'files' reads config.embeddings.paths; 'npy' is its older name, kept as an alias.
@@ -24,8 +25,8 @@ def l2_normalize(rows: np.ndarray) -> np.ndarray:
 
 
 def _existing(path: str) -> str:
-  path = os.path.expanduser(path)
-  if not os.path.exists(path):
+  path = str(paths.as_path(path))
+  if not paths.exists(path):
     raise ValueError(f"Class embedding file {path} (config.embeddings.paths) does not exist.")
   return path
 
@@ -51,7 +52,7 @@ def _checked_matrix(matrix: np.ndarray, path: str, num_classes: int) -> np.ndarr
 def load_npy(path: str, num_classes: int) -> np.ndarray:
   """Reads a [num_classes, d] float matrix (one row per label value) from a .npy file."""
   path = _existing(path)
-  return _checked_matrix(np.load(path, allow_pickle=False), path, num_classes)
+  return _checked_matrix(paths.load_array(path), path, num_classes)
 
 
 def load_pkl(path: str, num_classes: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import BinaryIO
 import numpy as np
 from absl import app, flags, logging
 
-from spnet_jax import cli
+from spnet_jax import cli, paths
 from spnet_jax.data import splits
 
 # Pieces of class names that are not words of the vocabularies (one token in the dataset's class
@@ -163,10 +163,10 @@ def read_fasttext(path: str, words: Iterable[str]) -> dict[str, np.ndarray]:
     word -> float32 [D] vector, for the words (and lower-case forms) found.
   """
   wanted = _Wanted(words)
-  progress = _Progress(path, os.path.getsize(path))
+  progress = _Progress(path, paths.as_path(path).stat().length)
   logging.info("Reading %s for %d words.", path, len(wanted.exact))
   dim = None
-  with open(path, "rb") as file:
+  with paths.as_path(path).open("rb") as file:
     for line_number, line in enumerate(file, start=1):
       progress.update(len(line))
       word, _, rest = line.partition(b" ")
@@ -223,6 +223,17 @@ class _ChunkReader:
       if not self._refill():
         return None
 
+  def line(self, limit: int) -> bytes:
+    """The bytes up to and including the next b'\\n' (or the file's end), at most `limit`."""
+    while True:
+      end = self._buffer.find(b"\n", self._position, self._position + limit)
+      if end >= 0 or len(self._buffer) - self._position >= limit or not self._refill():
+        break
+    stop = self._position + limit if end < 0 else end + 1
+    data = self._buffer[self._position : stop]
+    self._position += len(data)
+    return data
+
   def take(self, size: int, keep: bool) -> bytes | None:
     """Consumes `size` bytes, returned when `keep`; None when the file ends first."""
     while len(self._buffer) - self._position < size:
@@ -251,18 +262,17 @@ def read_word2vec(
     word -> float32 [D] vector, for the words (and lower-case forms) found.
   """
   wanted = _Wanted(words)
-  progress = _Progress(path, os.path.getsize(path))
+  progress = _Progress(path, paths.as_path(path).stat().length)
   logging.info("Reading %s for %d words.", path, len(wanted.exact))
-  with open(path, "rb") as file:
-    header_line = file.readline(256)
-    progress.update(len(header_line))
+  with paths.as_path(path).open("rb") as file:
+    reader = _ChunkReader(file, chunk_bytes, progress)
+    header_line = reader.line(256)
     header = header_line.split()
     if len(header) != 2 or not all(token.isdigit() for token in header) or int(header[1]) == 0:
       raise ValueError(
         f"{path} does not start with a word2vec header line 'N D' (got {header_line[:40]!r})."
       )
     count, dim = int(header[0]), int(header[1])
-    reader = _ChunkReader(file, chunk_bytes, progress)
     for index in range(count):
       try:
         word = reader.until_space()
@@ -351,8 +361,8 @@ def build_class_embeddings(path: str, file_format: str, class_names: Sequence[st
   Returns:
     float64 [len(class_names), D] matrix with unit rows (see class_embedding_matrix).
   """
-  path = os.path.expanduser(path)
-  if not os.path.exists(path):
+  path = str(paths.as_path(path))
+  if not paths.exists(path):
     raise ValueError(f"Word-vector file {path} does not exist.")
   reader = get_reader(file_format)
   words = {word for name in class_names for word in class_name_words(name)}
@@ -376,10 +386,7 @@ def write_class_embeddings(
   if dataset not in DATASET_CLASS_NAMES:
     raise ValueError(f"Unknown dataset {dataset!r}; valid: {sorted(DATASET_CLASS_NAMES)}.")
   matrix = build_class_embeddings(input_path, file_format, DATASET_CLASS_NAMES[dataset])
-  output_path = os.path.expanduser(output_path)
-  if os.path.dirname(output_path):
-    os.makedirs(os.path.dirname(output_path), exist_ok=True)
-  np.save(output_path, matrix)
+  paths.save_array(output_path, matrix)
   return matrix
 
 

@@ -6,10 +6,11 @@ paper's way to choose gamma without touching the test classes. The final run rea
 gamma with config.eval.gamma_file.
 """
 
-import json
 import os
 
 import numpy as np
+
+from spnet_jax import paths
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_PLOT = "calibration.png"
@@ -19,8 +20,7 @@ def write_sweep(workdir: str, sweep: dict, held_out: list[str], step: int) -> st
   """Writes calibration.json and a plot of S / U / H against gamma; returns the json path."""
   record = {**sweep, "held_out_classes": held_out, "step": step}
   path = os.path.join(workdir, CALIBRATION_FILE)
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+  paths.write_json(path, record)
   plot_sweep(record, os.path.join(workdir, CALIBRATION_PLOT))
   return path
 
@@ -43,19 +43,17 @@ def plot_sweep(record: dict, path: str) -> None:
   axis.set_title(f"Calibration sweep, best gamma {record['best_gamma']:.2f}")
   axis.legend()
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  paths.save_figure(path, figure)
   plt.close(figure)
 
 
 def read_gamma(path: str) -> tuple[float, str]:
   """The best gamma of a calibration.json, and a sentence saying where it came from."""
-  if not os.path.exists(path):
-    raise ValueError(
-      f"config.eval.gamma_file={path!r} does not exist: run the calibration first with "
-      "--config.data.hold_out_val_classes=True (it writes calibration.json in its workdir)."
-    )
-  with open(path) as f:
-    record = json.load(f)
+  record = paths.read_json(
+    path,
+    "run the calibration of config.eval.gamma_file first with "
+    "--config.data.hold_out_val_classes=True (it writes calibration.json in its workdir).",
+  )
   if "best_gamma" not in record or "held_out_classes" not in record:
     raise ValueError(f"{path} is not a calibration.json written by a held-out-classes run.")
   classes = ", ".join(record["held_out_classes"])

@@ -31,8 +31,8 @@ nn.DataParallel and the MSC wrappers of deeplab-pytorch/SPNet add; a checkpoint 
 """
 
 import dataclasses
+import io
 import json
-import os
 import re
 import sys
 from collections.abc import Mapping
@@ -46,7 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from spnet_jax import cli
+from spnet_jax import cli, paths
 from spnet_jax.models import registry as models
 
 FORMATS = ("deeplab-pytorch", "spnet", "torchvision")
@@ -478,22 +478,19 @@ def save_converted(directory: str, variables: Mapping[str, Any], metadata: Mappi
     variables: {'params': ..., 'batch_stats': ...} nested dicts of arrays.
     metadata: JSON-serialisable description (convert_state_dict's metadata).
   """
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  directory = paths.makedirs(paths.absolute(directory))
   tree = jax.tree.map(
     lambda x: np.asarray(x, np.float32) if np.issubdtype(np.asarray(x).dtype, np.floating) else x,
     dict(variables),
   )
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, VARIABLES_DIR), tree, force=True)
+  checkpointer.save(directory / VARIABLES_DIR, tree, force=True)
   checkpointer.wait_until_finished()
   checkpointer.close()
   # metadata.json last, through a rename: its presence marks a complete conversion.
-  temporary = os.path.join(directory, METADATA_FILE + ".tmp")
-  with open(temporary, "w") as f:
-    json.dump(dict(metadata), f, indent=2)
-    f.write("\n")
-  os.replace(temporary, os.path.join(directory, METADATA_FILE))
+  temporary = directory / (METADATA_FILE + ".tmp")
+  paths.write_json(temporary, dict(metadata))
+  temporary.replace(directory / METADATA_FILE)
 
 
 def load_converted(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -505,17 +502,16 @@ def load_converted(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
   Returns:
     (variables, metadata): nested dicts of numpy arrays, and the metadata.json contents.
   """
-  directory = os.path.abspath(directory)
-  metadata_path = os.path.join(directory, METADATA_FILE)
-  if not os.path.exists(metadata_path):
+  directory = paths.absolute(directory)
+  metadata_path = directory / METADATA_FILE
+  if not metadata_path.exists():
     raise FileNotFoundError(
       f"{metadata_path} does not exist: {directory} is not a finished `python -m "
       "spnet_jax.interop.convert` output."
     )
-  with open(metadata_path) as f:
-    metadata = json.load(f)
+  metadata = json.loads(metadata_path.read_text())
   checkpointer = ocp.StandardCheckpointer()
-  variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR))
+  variables = checkpointer.restore(directory / VARIABLES_DIR)
   checkpointer.close()
   return jax.tree.map(np.asarray, dict(variables)), metadata
 
@@ -529,7 +525,7 @@ def load_torch_checkpoint(path: str) -> Mapping[str, Any]:
       f"Reading PyTorch checkpoints needs torch (the CPU build is enough): pip install "
       f"{TORCH_REQUIREMENT}"
     ) from error
-  return torch.load(path, map_location="cpu", weights_only=True)
+  return torch.load(io.BytesIO(paths.read_bytes(path)), map_location="cpu", weights_only=True)
 
 
 FLAGS = flags.FLAGS
@@ -564,7 +560,7 @@ def main(argv: list[str]) -> None:
       classifier=FLAGS.classifier,
       embedding_dim=FLAGS.embedding_dim,
       num_classes=FLAGS.num_classes,
-      source_file=os.path.abspath(FLAGS.input),
+      source_file=str(paths.absolute(FLAGS.input)),
     )
   except (ImportError, ValueError) as error:
     sys.exit(f"convert: {error}")
@@ -578,9 +574,10 @@ def main(argv: list[str]) -> None:
     f"--config.model.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
     for k, v in model_config_for(metadata).items()
   )
+  output = paths.absolute(FLAGS.output)
   print(
-    f"Wrote {os.path.abspath(FLAGS.output)}. Use it with --config.model.init_checkpoint="
-    f"{os.path.abspath(FLAGS.output)} --config.data.image_mode={metadata['image_mode']} {overrides}"
+    f"Wrote {output}. Use it with --config.model.init_checkpoint="
+    f"{output} --config.data.image_mode={metadata['image_mode']} {overrides}"
   )
 
 

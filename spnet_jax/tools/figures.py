@@ -11,13 +11,12 @@ FLSS unseen mIoU and GFLSS mIoU, or H with --gflss_metric=harmonic, against n) i
 Each written path is printed.
 """
 
-import json
 import os
 
 import numpy as np
 from absl import app, flags, logging
 
-from spnet_jax import cli, experiment
+from spnet_jax import cli, experiment, paths
 from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import splits
 from spnet_jax.evaluation import metrics
@@ -52,25 +51,20 @@ def _nan(value) -> float:
 
 def load_results(workdir: str) -> dict:
   """The run's results.json."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    raise ValueError(
-      f"{path} does not exist: train and evaluate the run first with "
-      f"{_RUN_COMMAND.format(workdir=workdir)}."
-    )
-  with open(path) as f:
-    return json.load(f)
+  return paths.read_json(
+    os.path.join(workdir, "results.json"),
+    f"train and evaluate the run first with {_RUN_COMMAND.format(workdir=workdir)}.",
+  )
 
 
 def load_gzlss_confusions(workdir: str, gammas: list[float]) -> np.ndarray:
   """The test split's GZLSS matrices [G, C, C + 1] of confusions.npz, one per gamma."""
   path = os.path.join(workdir, "confusions.npz")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise ValueError(
       f"{path} does not exist: evaluate the run with {_RUN_COMMAND.format(workdir=workdir)}."
     )
-  with np.load(path) as stored:
-    gzlss = stored["gzlss"]
+  gzlss = paths.load_arrays(path)["gzlss"]
   if gzlss.ndim != 3 or len(gzlss) != len(gammas):
     raise ValueError(
       f"{path}: 'gzlss' has shape {gzlss.shape}, expected one [C, C + 1] matrix per gamma of "
@@ -82,7 +76,7 @@ def load_gzlss_confusions(workdir: str, gammas: list[float]) -> np.ndarray:
 
 def run_split(workdir: str, results: dict) -> splits.ClassSplit:
   """The class split the run was evaluated on, from its config.json."""
-  if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
+  if not paths.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
     raise ValueError(
       f"{os.path.join(workdir, workdir_lib.CONFIG_FILE)} does not exist: the run was made by an "
       f"older version; evaluate it again with {_RUN_COMMAND.format(workdir=workdir)}."
@@ -163,11 +157,10 @@ def selection_sweep(workdir: str, results: dict) -> tuple[dict | None, str]:
   path = workdir_lib.load_run_config(workdir).eval.get("gamma_file")
   if not path:
     return None, ""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     logging.warning("Fig. 4 leaves out the calibration sweep: %s (eval.gamma_file) is gone.", path)
     return None, ""
-  with open(path) as f:
-    return json.load(f), "chosen with the val classes held out"
+  return paths.read_json(path), "chosen with the val classes held out"
 
 
 def fewshot_curves(summary: dict, gflss_metric: str = "miou") -> dict:
@@ -218,7 +211,7 @@ def plot_per_class(bars: dict, path: str, title: str) -> None:
   axis.set_title(title)
   axis.legend(fontsize="small", loc="upper left")
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  paths.save_figure(path, figure)
   plt.close(figure)
 
 
@@ -246,7 +239,7 @@ def plot_calibration(
   # Beside the axes: six curves and the marker would hide the curves inside them.
   axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  paths.save_figure(path, figure)
   plt.close(figure)
 
 
@@ -268,7 +261,7 @@ def plot_fewshot(curves: dict, gflss_metric: str, path: str) -> None:
     axis.set_title(f"{title}, test split, median over seeds")
     axis.legend(fontsize="small")
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  paths.save_figure(path, figure)
   plt.close(figure)
 
 
@@ -296,14 +289,11 @@ def workdir_figures(workdir: str) -> list[str]:
 
 def suite_figure(root: str, gflss_metric: str = "miou") -> str:
   """Writes Fig. 5 of a results suite into its root; returns the path."""
-  path = os.path.join(root, "suite.json")
-  if not os.path.exists(path):
-    raise ValueError(
-      f"{path} does not exist: run `python -m spnet_jax.tools.suite --workdir_root {root}` (add "
-      "--report_only when every run already has its results)."
-    )
-  with open(path) as f:
-    summary = json.load(f)
+  summary = paths.read_json(
+    os.path.join(root, "suite.json"),
+    f"run `python -m spnet_jax.tools.suite --workdir_root {root}` (add --report_only when every "
+    "run already has its results).",
+  )
   figure = os.path.join(root, FEWSHOT_FIGURE)
   plot_fewshot(fewshot_curves(summary, gflss_metric), gflss_metric, figure)
   return figure

@@ -12,6 +12,7 @@ image it writes <stem>_labels.png (pixel value = index into classes.txt) and <st
 """
 
 import dataclasses
+import io
 import math
 import os
 import time
@@ -26,7 +27,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from PIL import Image, UnidentifiedImageError
 
-from spnet_jax import cli, experiment
+from spnet_jax import cli, experiment, paths
 from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
@@ -61,10 +62,10 @@ def trained_class_names(config: ml_collections.ConfigDict) -> set[str]:
 
 
 def read_names_file(path: str) -> list[str]:
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise ValueError(f"--names_file {path} does not exist.")
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip()]
+  lines = paths.read_text(path).splitlines()
+  return [line.strip() for line in lines if line.strip()]
 
 
 def class_set(
@@ -135,20 +136,20 @@ def class_set(
   )
 
 
-def list_images(paths: Sequence[str]) -> list[str]:
-  """Image files of `paths` (files as given, folders' image files sorted by name)."""
+def list_images(images: Sequence[str]) -> list[str]:
+  """Image files of `images` (files as given, folders' image files sorted by name)."""
   files = []
-  for path in paths:
-    if os.path.isdir(path):
+  for path in images:
+    if paths.as_path(path).is_dir():
       found = sorted(
-        os.path.join(path, f)
-        for f in os.listdir(path)
-        if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES
+        os.path.join(path, f.name)
+        for f in paths.as_path(path).iterdir()
+        if f.suffix.lower() in IMAGE_SUFFIXES
       )
       if not found:
         raise ValueError(f"Folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
       files += found
-    elif os.path.exists(path):
+    elif paths.exists(path):
       files.append(path)
     else:
       raise ValueError(f"Image {path} does not exist.")
@@ -158,7 +159,7 @@ def list_images(paths: Sequence[str]) -> list[str]:
 def read_image(path: str) -> np.ndarray:
   """uint8 RGB [H, W, 3]; a clear error for files that are not images."""
   try:
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(paths.read_bytes(path))) as image:
       return np.asarray(image.convert("RGB"))
   except (OSError, UnidentifiedImageError) as error:
     raise ValueError(f"Cannot read image {path}: {error}") from error
@@ -299,14 +300,20 @@ def write_outputs(
   stem = os.path.splitext(os.path.basename(path))[0]
   mode = "L" if len(classes.names) <= 256 else "I;16"
   dtype = np.uint8 if mode == "L" else np.uint16
-  Image.fromarray(labels.astype(dtype), mode=mode).save(
-    os.path.join(output_dir, f"{stem}_labels.png")
-  )
+  label_image = Image.fromarray(labels.astype(dtype), mode=mode)
+  _write_png(os.path.join(output_dir, f"{stem}_labels.png"), label_image)
   if overlay_scale > 1:  # Nearest enlargement keeps small images' label edges crisp.
     image = np.repeat(np.repeat(image, overlay_scale, axis=0), overlay_scale, axis=1)
     labels = np.repeat(np.repeat(labels, overlay_scale, axis=0), overlay_scale, axis=1)
   overlay = visualize.overlay(image, labels, classes.names)
-  Image.fromarray(overlay).save(os.path.join(output_dir, f"{stem}_overlay.png"))
+  _write_png(os.path.join(output_dir, f"{stem}_overlay.png"), Image.fromarray(overlay))
+
+
+def _write_png(path: str, image: Image.Image) -> None:
+  """PIL seeks in the file it writes, which a bucket object cannot: through memory."""
+  buffer = io.BytesIO()
+  image.save(buffer, format="PNG")
+  paths.write_bytes(path, buffer.getvalue())
 
 
 def predict_files(
@@ -319,12 +326,11 @@ def predict_files(
   log=print,
 ) -> dict[str, np.ndarray]:
   """Predicts every file (grouped by size bucket) and writes its PNGs; returns the label maps."""
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, "classes.txt"), "w") as f:
-    for index, (name, cal) in enumerate(
-      zip(predictor.classes.names, predictor.classes.calibrated, strict=True)
-    ):
-      f.write(f"{index}\t{name}\t{'seen' if cal else 'unseen'}\n")
+  rows = zip(predictor.classes.names, predictor.classes.calibrated, strict=True)
+  paths.write_text(
+    os.path.join(output_dir, "classes.txt"),
+    "".join(f"{i}\t{name}\t{'seen' if cal else 'unseen'}\n" for i, (name, cal) in enumerate(rows)),
+  )
   images = {path: read_image(path) for path in files}
   warp = predictor.config.data.eval.warp_size
   buckets: dict[tuple, list[str]] = {}
@@ -332,9 +338,9 @@ def predict_files(
     key = (bucket_side(max(image.shape[:2])),) if warp else bucket_shape(image.shape[:2])
     buckets.setdefault(key, []).append(path)
   results, done, start = {}, 0, time.time()
-  for paths in buckets.values():
-    for i in range(0, len(paths), batch_size):
-      chunk = paths[i : i + batch_size]
+  for bucket in buckets.values():
+    for i in range(0, len(bucket), batch_size):
+      chunk = bucket[i : i + batch_size]
       labels = predictor.predict_batch([images[p] for p in chunk], gamma, batch_size)
       for path, label_map in zip(chunk, labels, strict=True):
         write_outputs(output_dir, path, images[path], label_map, predictor.classes, overlay_scale)

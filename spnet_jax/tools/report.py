@@ -4,11 +4,12 @@ python -m spnet_jax.tools.report workdirs/seed0 workdirs/seed1 workdirs/seed2
 The tables of the whole results suite (spnet_jax.tools.suite) come from `suite_summary`.
 """
 
-import json
 import os
 import sys
 
 import numpy as np
+
+from spnet_jax import paths
 
 COLUMNS = (
   ("ZLSS unseen", ("zlss", "unseen_miou")),
@@ -24,11 +25,9 @@ COLUMNS = (
 
 def load_row(workdir: str) -> list[float]:
   """The table's numbers for one run (NaN where a value is null)."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    raise ValueError(f"{path} does not exist: run the experiment (or its evaluation) first.")
-  with open(path) as f:
-    test = json.load(f)["test"]
+  test = paths.read_json(
+    os.path.join(workdir, "results.json"), "run the experiment (or its evaluation) first."
+  )["test"]
   row = []
   for _, keys in COLUMNS:
     value = test
@@ -83,13 +82,11 @@ GENERALIZED = ("seen_miou", "unseen_miou", "harmonic", "miou", "gamma")
 
 
 def _load_test(path: str) -> dict:
-  if not os.path.exists(path):
-    raise ValueError(
-      f"{path} does not exist: run `python -m spnet_jax.tools.suite` with the same --workdir_root "
-      "(it continues where it stopped)."
-    )
-  with open(path) as f:
-    return json.load(f)["test"]
+  missing = (
+    "run `python -m spnet_jax.tools.suite` with the same --workdir_root (it continues where it "
+    "stopped)."
+  )
+  return paths.read_json(path, missing)["test"]
 
 
 def _suite_row(root, seeds, stage, gzlss_key, with_zlss) -> dict:
@@ -214,10 +211,8 @@ def suite_markdown(summary: dict) -> str:
 def write_suite_report(root: str, summary: dict) -> str:
   """Writes <root>/suite.json and <root>/results.md; returns the Markdown."""
   text = suite_markdown(summary)
-  with open(os.path.join(root, "suite.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  with open(os.path.join(root, "results.md"), "w") as f:
-    f.write(text + "\n")
+  paths.write_json(os.path.join(root, "suite.json"), summary)
+  paths.write_text(os.path.join(root, "results.md"), text + "\n")
   return text
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import ml_collections
 from absl import app, flags, logging
 
-from spnet_jax import cli, experiment
+from spnet_jax import cli, experiment, paths
 from spnet_jax.tools import report
 
 flags.DEFINE_string("workdir_root", None, "Folder that receives one workdir per run.")
@@ -131,7 +131,7 @@ def run_suite(root: str, seeds: Sequence[int], shots: Sequence[int], overrides: 
     seed_dir = os.path.join(root, f"seed{seed}")
     for stage in stages(shots):
       workdir = os.path.join(seed_dir, stage.name)
-      if os.path.exists(os.path.join(workdir, "results.json")):
+      if paths.exists(os.path.join(workdir, "results.json")):
         logging.info("Suite: %s has results, skipped.", workdir)
         continue
       logging.info("Suite: seed %d, stage %s -> %s", seed, stage.name, workdir)

@@ -1,18 +1,19 @@
 """Orbax checkpoints of the train state: periodic async saves, atomic commits, resume."""
 
-import os
-
 import jax
 import orbax.checkpoint as ocp
+
+from spnet_jax import paths
 
 
 def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
   """A manager for `workdir`/checkpoints.
 
   Orbax writes each step into a temporary folder and renames it once complete, so a
-  half-written checkpoint (a crash or kill -9 mid-save) is never taken as the latest.
+  half-written checkpoint (a crash or kill -9 mid-save) is never taken as the latest; in a
+  bucket (gs://), where nothing renames, a step counts once its commit_success.txt is written.
   """
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = paths.absolute(workdir) / "checkpoints"
   options = ocp.CheckpointManagerOptions(
     max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True
   )

@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from spnet_jax.data import batching
 from spnet_jax.train import checkpoint
 from spnet_jax.train import optimizer as optim
 from spnet_jax.train import step as step_lib
@@ -67,12 +68,14 @@ class PreemptionSignal:
   """Turns SIGTERM (what TPU/GPU schedulers send before preempting) into a flag the loop polls.
 
   On a single process the flag is read every step; with several processes they agree through
-  an all-gather every `sync_every` steps, so all of them save the same step and stop together.
+  an all-gather every `sync_every` steps, so all of them save the same step and stop together,
+  whichever of them got the signal.
   """
 
   def __init__(self, sync_every: int):
     self.received = False
     self.sync_every = sync_every
+    self.signalled: list[int] = []  # The processes that got SIGTERM, once they agree to stop.
     self._previous = None
 
   def __enter__(self) -> "PreemptionSignal":
@@ -92,7 +95,19 @@ class PreemptionSignal:
     if step % self.sync_every:
       return False
     flags = multihost_utils.process_allgather(np.asarray(self.received))
-    return bool(np.any(flags))
+    self.signalled = [int(p) for p in np.flatnonzero(flags)]
+    return bool(self.signalled)
+
+  @property
+  def source(self) -> str:
+    """For the log: 'SIGTERM', or which processes got it ('SIGTERM to process 1 of 2')."""
+    count = jax.process_count()
+    if count == 1:
+      return "SIGTERM"
+    if len(self.signalled) == count:
+      return f"SIGTERM to all {count} processes"
+    plural = "es" if len(self.signalled) > 1 else ""
+    return f"SIGTERM to process{plural} {', '.join(map(str, self.signalled))} of {count}"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -205,7 +220,9 @@ def train(
     return state, False
   batch_sharding = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
-  local_batch = cfg.batch_size // jax.process_count()
+  devices = mesh.devices.size
+  padded = batching.padded_batch_size(cfg.batch_size, devices, cfg.accumulation_steps)
+  batching.log_padding(cfg.batch_size, padded, devices)
   # The data stream is a function of the seed and the step: a resumed run continues it exactly.
   batches = make_batches(start_step)
   step_fn = jax.jit(
@@ -228,13 +245,14 @@ def train(
   )
   schedule = optim.create_learning_rate_schedule(config.optimizer, num_steps)
   logging.info(
-    "Training steps %d..%d, global batch %d (%d per process, %d per device), mesh %s, "
-    "%s trainable parameters.",
+    "Training steps %d..%d, global batch %d (%d rows with any padding: %d per process, %d per "
+    "device), mesh %s, %s trainable parameters.",
     start_step,
     num_steps,
     cfg.batch_size,
-    local_batch,
-    cfg.batch_size // jax.device_count(),
+    padded,
+    padded // jax.process_count(),
+    padded // devices,
     dict(mesh.shape),
     f"{sum(x.size for x in jax.tree.leaves(state.params)):,}",
   )
@@ -258,7 +276,7 @@ def train(
           )
         checkpoint.save(manager, step, state)
       if preempted:
-        logging.warning("SIGTERM: saved step %d and stopping; rerun to resume.", step)
+        logging.warning("%s: saved step %d and stopping; rerun to resume.", preemption.source, step)
         break
   manager.wait_until_finished()
   return state, preempted

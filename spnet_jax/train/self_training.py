@@ -13,7 +13,11 @@ from spnet_jax.data.splits import IGNORE_LABEL
 
 
 def pseudo_label(
-  logits: jax.Array, labels: jax.Array, num_known: int, fraction: float
+  logits: jax.Array,
+  labels: jax.Array,
+  num_known: int,
+  fraction: float,
+  image_mask: jax.Array | None = None,
 ) -> jax.Array:
   """Adds confident unseen-class pseudo-labels to the ignore pixels of `labels`.
 
@@ -24,6 +28,8 @@ def pseudo_label(
     num_known: K.
     fraction: share of each unseen class's candidate pixels (ignore pixels predicted as that
       class) that get labelled, the most confident first; in (0, 1].
+    image_mask: [B] bool, False for images that take no part (the padding of a batch that does
+      not divide over the devices); None: every image.
 
   Returns:
     Labels where chosen ignore pixels hold K + u for unseen class u; other pixels unchanged.
@@ -33,6 +39,8 @@ def pseudo_label(
   prediction = jnp.argmax(probs, axis=-1)
   confidence = jnp.max(probs, axis=-1)
   candidate = (labels == IGNORE_LABEL) & (prediction >= num_known)
+  if image_mask is not None:
+    candidate &= image_mask[:, None, None]
   result = labels
   for u in range(logits.shape[-1] - num_known):
     mine = candidate & (prediction == num_known + u)

@@ -89,11 +89,13 @@ def loss_fn(
   class_embeddings: jax.Array,
   train_classes: jax.Array,
   num_unseen: int = 0,
+  image_mask: jax.Array | None = None,
 ) -> jax.Array:
   """Training loss of one (micro-)batch; labels index the train classes.
 
   With self-training `train_classes` ends with `num_unseen` unseen classes, and confident ignore
-  pixels get their pseudo-labels (config.selftrain.fraction) before the loss.
+  pixels get their pseudo-labels (config.selftrain.fraction) before the loss; `image_mask` [B]
+  (False on the padding images of data/batching.py) keeps padding images out of them.
   """
   variables = {"params": params, FROZEN_COLLECTION: state.frozen}
   logits_fn = lambda x: logits_for_classes(model, variables, x, class_embeddings, train_classes)
@@ -101,7 +103,7 @@ def loss_fn(
   if num_unseen:
     scores = msc.resize_logits(outputs[-1], *labels.shape[1:3])
     labels = self_training.pseudo_label(
-      scores, labels, scores.shape[-1] - num_unseen, config.selftrain.fraction
+      scores, labels, scores.shape[-1] - num_unseen, config.selftrain.fraction, image_mask
     )
   return losses.segmentation_loss(
     outputs, labels, config.loss.name, config.loss.label_resolution, rng
@@ -123,7 +125,8 @@ def train_step(
   """One optimiser update, accumulating gradients over config.train.accumulation_steps.
 
   Micro-batch j takes every k-th image (j, j + k, ...), so each device keeps working on its
-  own slice of the batch.
+  own slice of the batch. batch['mask'] (optional, [B] bool) marks the real images of a padded
+  batch; padding images have ignore labels, so only self-training needs it.
   """
   step_rng = jax.random.fold_in(rng, state.step)
   grad_fn = jax.value_and_grad(
@@ -137,24 +140,30 @@ def train_step(
     )
   )
   k = config.train.accumulation_steps
+  mask = batch.get("mask")
+  if mask is None:
+    mask = jnp.ones(batch["label"].shape[:1], bool)
   if k == 1:
-    loss, grads = grad_fn(state.params, state, batch["image"], batch["label"], step_rng)
+    loss, grads = grad_fn(
+      state.params, state, batch["image"], batch["label"], step_rng, image_mask=mask
+    )
   else:
 
     def micro_batches(x):
       return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
 
-    images, labels = micro_batches(batch["image"]), micro_batches(batch["label"])
+    micro = [micro_batches(batch["image"]), micro_batches(batch["label"]), micro_batches(mask)]
 
     def accumulate(carry, inputs):
-      index, micro_images, micro_labels = inputs
+      index, micro_images, micro_labels, micro_mask = inputs
+      rng = jax.random.fold_in(step_rng, index)
       loss, grads = grad_fn(
-        state.params, state, micro_images, micro_labels, jax.random.fold_in(step_rng, index)
+        state.params, state, micro_images, micro_labels, rng, image_mask=micro_mask
       )
       return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-    (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), images, labels))
+    (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), *micro))
     # SPNet divides each micro-batch loss by iter_size: the update uses the mean.
     loss, grads = jax.tree.map(lambda x: x / k, (loss, grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -15,6 +15,8 @@ import os
 import numpy as np
 import scipy.io
 
+from spnet_jax import paths
+
 FEATURES_FILE = "res101.mat"
 SPLITS_FILE = "att_splits.mat"
 LOC_KEYS = ("trainval_loc", "test_seen_loc", "test_unseen_loc", "train_loc", "val_loc")
@@ -145,13 +147,14 @@ def load_dataset(data_path: str, name: str) -> ZslDataset:
 
 
 def _load_mat(path: str, keys: tuple[str, ...], name: str, data_path: str) -> dict:
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise ValueError(
       f"Missing {path}: expected the xlsa17 file {os.path.basename(path)} of dataset {name!r} "
       f"in {dataset_dir(data_path, name)}. Set --config.data.path to the unpacked xlsa17 'data' "
       "folder (holding CUB/, SUN/, AWA1/, AWA2/) and --config.data.name to one of them."
     )
-  contents = scipy.io.loadmat(path)
+  with paths.as_path(path).open("rb") as file:
+    contents = scipy.io.loadmat(file)
   missing = [k for k in keys if k not in contents]
   if missing:
     present = sorted(k for k in contents if not k.startswith("__"))

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from spnet_jax import paths
 from spnet_jax import workdir as workdir_lib
 from spnet_jax.evaluation import calibrated_prediction
 from spnet_jax.evaluation import calibration as calibration_lib
@@ -249,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.data.normalize_attributes:
     attributes = model.normalize_attributes(attributes)
   lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   if lead:
     workdir_lib.write_config(workdir, config)
   writer = workdir_lib.create_writer(workdir)
