@@ -17,7 +17,7 @@ with open(f"{ROOT}/pyproject.toml", "rb") as file:
 
 def test_every_command_module_is_an_installed_script():
   modules = {target.split(":")[0] for target in SCRIPTS.values()}
-  assert len(modules) == len(SCRIPTS) == 11
+  assert len(modules) == len(SCRIPTS) == 12
   for name, target in SCRIPTS.items():
     assert name.startswith("spnet-")
     module, function = target.split(":")
