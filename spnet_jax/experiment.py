@@ -19,6 +19,7 @@ from spnet_jax import paths
 from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import batching, datasets, fewshot, pipeline, splits
 from spnet_jax.embeddings import class_embeddings as embeddings
+from spnet_jax.errors import UserError
 from spnet_jax.evaluation import calibration, eval_panels, eval_report, eval_step, metrics
 from spnet_jax.interop import pretrained
 from spnet_jax.models.layers import FROZEN_COLLECTION
@@ -107,11 +108,15 @@ def create_pool(
   return pool
 
 
-def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None):
+def initial_or_restored_state(
+  setup: RunSetup, manager, step: int | None = None, fallback: bool = False
+):
   """The latest checkpoint (or `step`) if there is one, else new parameters.
 
-  New parameters come from config.model.init_checkpoint (converted weights) where given, and
-  are freshly initialised otherwise (and for every variable the converted weights lack).
+  Every checkpoint is verified (checkpoint.restore); with `fallback` (a training rerun) a
+  damaged latest one is set aside for the newest good one. New parameters come from
+  config.model.init_checkpoint (converted weights) where given, and are freshly initialised
+  otherwise (and for every variable the converted weights lack).
   """
   config, mesh = setup.config, setup.mesh
   replicated = NamedSharding(mesh, P())
@@ -120,12 +125,10 @@ def initial_or_restored_state(setup: RunSetup, manager, step: int | None = None)
   )
   rng = jax.random.key(config.seed)
   abstract = checkpoint.abstract_train_state(init, replicated)
-  restored = checkpoint.restore(manager, abstract, step)
+  restored = checkpoint.restore(manager, abstract, step, fallback=fallback)
   if restored is not None:
     logging.info("Restored checkpoint step %d from %s.", int(restored.step), manager.directory)
     return restored
-  if step is not None:
-    raise ValueError(f"No checkpoint step {step} in {manager.directory}.")
   state = jax.jit(init, out_shardings=replicated)(rng)
   start_workdir = config.fewshot.init_workdir or config.selftrain.init_workdir
   if start_workdir:
@@ -159,7 +162,7 @@ def start_from_zero_label_run(state, abstract, source: str, tx, keep_optimizer_s
   finally:
     manager.close()
   if restored is None:
-    raise ValueError(
+    raise UserError(
       f"{source!r} (config.fewshot/selftrain.init_workdir) holds no checkpoint: train the "
       "zero-label model there first (the same config without fewshot / selftrain)."
     )
@@ -418,10 +421,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The results dict also written to `workdir`/results.json.
   """
   setup = create_setup(config)
-  paths.makedirs(workdir)
-  workdir_lib.write_config(workdir, config)
-  writer = workdir_lib.create_writer(workdir)
-  manager = checkpoint.create_manager(workdir, config.train.max_checkpoints)
+  recorded = paths.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE))
+  if config.mode == "evaluate" and not recorded and not config.model.init_checkpoint:
+    raise UserError(
+      f"config.mode='evaluate' needs a trained workdir, and {workdir} holds no run (no "
+      f"{workdir_lib.CONFIG_FILE}): train first, or evaluate converted weights with "
+      "--config.model.init_checkpoint=DIR."
+    )
+  # Stops before touching a file when the workdir holds another run or is in use.
+  with workdir_lib.claim(workdir, config) as overrides:
+    writer = workdir_lib.create_writer(workdir)
+    manager = checkpoint.create_manager(workdir, config.train.max_checkpoints)
+    try:
+      return _run(setup, workdir, writer, manager, overrides)
+    finally:
+      manager.close()
+      writer.close()
+
+
+def _run(setup: RunSetup, workdir: str, writer, manager, overrides: dict) -> dict:
+  """train_and_evaluate on a claimed workdir."""
+  config = setup.config
   logging.info(
     "Mesh %s over %d devices (%d processes).",
     dict(setup.mesh.shape),
@@ -430,14 +450,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   if config.mode == "evaluate":
     if manager.latest_step() is None and not config.model.init_checkpoint:
-      raise ValueError(
+      raise UserError(
         f"config.mode='evaluate' needs a checkpoint, and {manager.directory} has "
         "none: train first (config.mode='train_and_evaluate'), or evaluate converted weights "
         "with --config.model.init_checkpoint=DIR."
       )
     state = initial_or_restored_state(setup, manager, config.eval.checkpoint_step or None)
   else:
-    state = initial_or_restored_state(setup, manager)
+    state = initial_or_restored_state(setup, manager, fallback=True)
     state, preempted = train.train(
       config,
       workdir,
@@ -454,12 +474,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       make_batches=functools.partial(training_batches, setup),
     )
     if preempted:
-      manager.close()
-      writer.close()
       return {"preempted_at_step": int(state.step)}
   results, confusions = calibrate_and_evaluate(setup, state)
+  # Evaluation-only fields this command changed from the run's config.json.
+  results["config_overrides"] = overrides
   write_results(workdir, results, confusions, setup, writer)
   write_prediction_images(setup, state, writer)
-  manager.close()
-  writer.close()
   return results

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import fsspec
 import jax
@@ -22,10 +23,11 @@ from etils.epath import backend as epath_backend
 from etils.epath import gpath
 from PIL import Image
 
-from spnet_jax import config_validation, paths
+from spnet_jax import config_validation, paths, workdir_lock
 from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import fewshot, safe_pickle, splits
 from spnet_jax.embeddings import class_embeddings, word_vectors
+from spnet_jax.errors import UserError
 from spnet_jax.evaluation import calibration
 from spnet_jax.interop import convert
 from spnet_jax.tools import figures, predict, report
@@ -149,9 +151,39 @@ def test_checkpoints_save_and_restore(root):
   checkpoint.save(manager, 3, state)
   manager.wait_until_finished()
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  restored = checkpoint.restore(manager, checkpoint.abstract_with_sharding(state, sharding))
+  abstract = checkpoint.abstract_with_sharding(state, sharding)
+  restored = checkpoint.restore(manager, abstract)
   np.testing.assert_array_equal(restored["w"], state["w"])
+  # A damaged step 4 (its checksum no longer matches) is moved aside by a training rerun.
+  checkpoint.save(manager, 4, {"w": np.ones(4, np.float32)})
+  manager.wait_until_finished()
+  sums_path = _join(root, "run", checkpoint.CHECKSUMS_DIR, "4.json")
+  sums = paths.read_json(sums_path)
+  sums["['w']"]["crc32"] = "00000000"
+  paths.write_json(sums_path, sums)
+  with pytest.raises(checkpoint.CheckpointError, match=r"step 4 .* is damaged"):
+    checkpoint.restore(manager, abstract)
+  restored = checkpoint.restore(manager, abstract, fallback=True)
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  assert manager.all_steps() == [3]
+  assert paths.exists(_join(root, "run", checkpoint.UNUSABLE_DIR, "4", "default"))
   manager.close()
+
+
+def test_workdir_lock(root):
+  workdir = _join(root, "run")
+  with workdir_lock.WorkdirLock(workdir):
+    assert paths.read_json(_join(workdir, workdir_lock.LOCK_FILE))["pid"] == os.getpid()
+    with pytest.raises(UserError, match=f"{workdir} is in use by process {os.getpid()}"):
+      workdir_lock.WorkdirLock(workdir).acquire()
+  assert not paths.exists(_join(workdir, workdir_lock.LOCK_FILE))
+  # A holder on another host silent for longer than stale_secs is taken over.
+  holder = {"host": "elsewhere", "pid": 1, "heartbeat": time.time() - 100}
+  paths.write_json(_join(workdir, workdir_lock.LOCK_FILE), holder)
+  with pytest.raises(UserError, match="in use by process 1 on host elsewhere"):
+    workdir_lock.WorkdirLock(workdir, stale_secs=200).acquire()
+  with workdir_lock.WorkdirLock(workdir, stale_secs=50):
+    assert paths.read_json(_join(workdir, workdir_lock.LOCK_FILE))["pid"] == os.getpid()
 
 
 def test_figures_and_report_of_a_workdir(root, tmp_path):

@@ -90,25 +90,24 @@ def test_comparison_panel_puts_image_truth_and_prediction_side_by_side():
 
 def test_rerun_resumes_from_latest_checkpoint_and_evaluate_mode(fast_config, tmp_path):
   workdir = str(tmp_path / "run")
-  experiment.train_and_evaluate(fast_config, workdir)
+  finished = experiment.train_and_evaluate(fast_config, workdir)
   manager = checkpoint.create_manager(workdir, 5)
-  first = manager.latest_step()
+  assert manager.all_steps() == [3, 6]
+  manager.delete(6)  # As if the run had stopped after its step-3 save.
   manager.close()
-  # A longer schedule continues from step 6 instead of starting over.
-  fast_config.train.num_steps = 9
+  # The rerun continues from step 3 instead of starting over, and ends where the run ended.
   results = experiment.train_and_evaluate(fast_config, workdir)
-  assert first == 6 and results["step"] == 9
+  assert results["step"] == 6 and results["test"] == finished["test"]
   # Evaluation alone restores the checkpoint and trains nothing.
   fast_config.mode = "evaluate"
-  fast_config.train.num_steps = 100
   evaluated = experiment.train_and_evaluate(fast_config, workdir)
-  assert evaluated["step"] == 9
+  assert evaluated["step"] == 6
   assert evaluated["test"] == results["test"]
 
 
 def test_evaluate_mode_without_checkpoint_is_an_error(fast_config, tmp_path):
   fast_config.mode = "evaluate"
-  with pytest.raises(ValueError, match="needs a checkpoint"):
+  with pytest.raises(ValueError, match="needs a trained workdir"):
     experiment.train_and_evaluate(fast_config, str(tmp_path / "empty"))
 
 
@@ -123,16 +122,19 @@ def test_learned_classifier_scores_zero_on_unseen(fast_config, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(fast_config, tmp_path):
   workdir = str(tmp_path / "nan")
-  fast_config.train.num_steps = 3
-  experiment.train_and_evaluate(fast_config, workdir)
   fast_config.train.num_steps = 12
   fast_config.train.log_every_steps = 1
   fast_config.optimizer.base_lr = 1e38
   with pytest.raises(train.NonFiniteLossError, match=r"at step \d+") as error:
     experiment.train_and_evaluate(fast_config, workdir)
-  assert "last good checkpoint is step 3" in str(error.value)
+  assert f"No checkpoint was saved yet in {workdir}/checkpoints." in str(error.value)
   manager = checkpoint.create_manager(workdir, 5)
-  assert manager.latest_step() == 3
+  assert manager.latest_step() is None
+  checkpoint.save(manager, 3, {"w": np.zeros(2)})
+  manager.wait_until_finished()
+  assert train.last_good_checkpoint(manager) == (
+    f"The last good checkpoint is step 3 in {workdir}/checkpoints."
+  )
   manager.close()
 
 
@@ -190,6 +192,10 @@ def test_checkpoint_of_another_optimizer_is_a_clear_error(fast_config, tmp_path)
   workdir = str(tmp_path / "run")
   experiment.train_and_evaluate(fast_config, workdir)
   fast_config.optimizer.grad_clip_norm = 0.0  # Changes the optimiser state's structure.
+  with pytest.raises(ValueError, match=r"optimizer\.grad_clip_norm: 1\.0 -> 0\.0"):
+    experiment.train_and_evaluate(fast_config, workdir)
+  # A workdir of an older version (no recorded config): the checkpoint's structure tells.
+  os.remove(os.path.join(workdir, "config.json"))
   with pytest.raises(ValueError, match="does not fit this config's model and optimiser"):
     experiment.train_and_evaluate(fast_config, workdir)
 
@@ -233,9 +239,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_rerun_resumes(shapes_
   manager.close()
   assert saved is not None and saved >= 10
   assert "SIGTERM: saved step" in "".join(output)
-  # The same command resumes from the saved step (here: straight to evaluation).
+  # The workdir serves evaluation from the saved step.
   result = subprocess.run(
-    main_command(workdir, shapes_data_dir, *settings, f"--config.train.num_steps={saved}"),
+    main_command(
+      workdir,
+      shapes_data_dir,
+      *settings,
+      "--config.train.num_steps=100000",
+      "--config.train.checkpoint_every_steps=100000",
+      "--config.mode=evaluate",
+    ),
     cwd=ROOT,
     capture_output=True,
     text=True,

@@ -164,6 +164,18 @@ def _restored_step(run: TwoProcesses) -> int:
   return int(run.wait_for(0, r"Restored checkpoint step (\d+) ").group(1))
 
 
+def _wait_for_checkpoint_after(workdir: str, step: int, timeout: float = 120) -> None:
+  """Waits until a checkpoint newer than `step` is committed (saves are asynchronous)."""
+  folder = os.path.join(workdir, "checkpoints")
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    if any(name.isdigit() and int(name) > step for name in names):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"No checkpoint after step {step} in {folder}: {names}")
+
+
 def test_a_lost_process_is_named_within_seconds_and_a_rerun_resumes(
   shapes_data_dir, tmp_path, reference
 ):
@@ -172,6 +184,7 @@ def test_a_lost_process_is_named_within_seconds_and_a_rerun_resumes(
   # more without its heartbeat), or waits (named after the heartbeat timeout), by timing.
   with TwoProcesses(workdir, shapes_data_dir, tmp_path, "killed", "--heartbeat_timeout=15") as run:
     run.wait_for(0, f"step 6/{NUM_STEPS} ")
+    _wait_for_checkpoint_after(workdir, 0)
     start = time.monotonic()
     run.processes[1].send_signal(signal.SIGKILL)
     code = run.processes[0].wait(timeout=120)
@@ -186,6 +199,7 @@ def test_a_lost_process_is_named_within_seconds_and_a_rerun_resumes(
   with TwoProcesses(workdir, shapes_data_dir, tmp_path, "hung", "--heartbeat_timeout=10") as run:
     restored = _restored_step(run)
     run.wait_for(0, f"step {restored + 4}/{NUM_STEPS} ")
+    _wait_for_checkpoint_after(workdir, restored)
     start = time.monotonic()
     run.processes[1].send_signal(signal.SIGSTOP)
     code = run.processes[0].wait(timeout=120)
@@ -199,6 +213,7 @@ def test_a_lost_process_is_named_within_seconds_and_a_rerun_resumes(
   with TwoProcesses(workdir, shapes_data_dir, tmp_path, "coordinator") as run:
     restored = _restored_step(run)
     run.wait_for(0, f"step {restored + 4}/{NUM_STEPS} ")
+    _wait_for_checkpoint_after(workdir, restored)
     start = time.monotonic()
     run.processes[0].send_signal(signal.SIGKILL)
     code = run.processes[1].wait(timeout=120)

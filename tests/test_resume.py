@@ -75,15 +75,16 @@ def test_kill_9_then_rerun_ends_like_an_uninterrupted_run_and_partial_saves_are_
   assert re.search(r"Restored checkpoint step (4|8) ", rerun.stderr)
   _assert_same_tree(_params(crashed, 12), _params(straight, 12))
 
-  # What a save cut off mid-way leaves: Orbax's temporary folder, never renamed to '16'. It is
-  # not taken as the latest checkpoint: a longer schedule resumes from 12.
+  # What a save of step 12 cut off mid-way leaves: Orbax's temporary folder, never renamed to
+  # '12'. It is not taken as the latest checkpoint: the rerun resumes from 8.
   checkpoints = os.path.join(crashed, "checkpoints")
-  partial = os.path.join(checkpoints, "16.orbax-checkpoint-tmp-1795000000000000")
-  shutil.copytree(os.path.join(checkpoints, "12"), partial)
+  shutil.rmtree(os.path.join(checkpoints, "12"))
+  partial = os.path.join(checkpoints, "12.orbax-checkpoint-tmp-1795000000000000")
+  shutil.copytree(os.path.join(checkpoints, "8"), partial)
   os.remove(os.path.join(partial, "_CHECKPOINT_METADATA"))
-  longer = _run(_command(crashed, shapes_data_dir, "--config.train.num_steps=16"))
-  assert "Restored checkpoint step 12 " in longer.stderr
-  assert os.path.isdir(os.path.join(checkpoints, "16"))
+  again = _run(_command(crashed, shapes_data_dir))
+  assert "Restored checkpoint step 8 " in again.stderr
+  _assert_same_tree(_params(crashed, 12), _params(straight, 12))
 
 
 def test_checkpoint_from_4_devices_restores_on_2_and_1(shapes_data_dir, tmp_path):

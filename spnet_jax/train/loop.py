@@ -114,6 +114,14 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss; the run stops without saving that state."""
 
 
+def last_good_checkpoint(manager) -> str:
+  """'The last good checkpoint is step N in DIR.' (or that there is none yet)."""
+  step = manager.latest_step()
+  if step is None:
+    return f"No checkpoint was saved yet in {manager.directory}."
+  return f"The last good checkpoint is step {step} in {manager.directory}."
+
+
 class TrainLog:
   """Keeps per-step metrics on device and fetches them only at logging intervals.
 
@@ -145,9 +153,9 @@ class TrainLog:
     if bad.size:
       bad_step = step - len(self.pending) + 1 + int(bad[0])
       raise NonFiniteLossError(
-        f"Non-finite loss {losses[bad[0]]} at step {bad_step}; stopping. The last "
-        f"good checkpoint is step {self.manager.latest_step()} in {self.workdir}/checkpoints "
-        "(lower config.optimizer.base_lr or check the input data)."
+        f"Non-finite loss {losses[bad[0]]} at step {bad_step}; stopping. "
+        f"{last_good_checkpoint(self.manager)} (lower config.optimizer.base_lr or check the "
+        "input data)."
       )
     rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
     eta = (self.num_steps - step) / max(rate, 1e-9)
@@ -192,8 +200,9 @@ def train(
   """Runs the training loop from state.step to config.train.num_steps.
 
   Checkpoints every config.train.checkpoint_every_steps and at the end. A non-finite loss
-  stops the run with its step number; parameters are checked before every save, so the last
-  checkpoint on disk is always a good one. SIGTERM saves the current step and stops early.
+  stops the run with its step number; parameters are checked before every save, and a save
+  that fails stops the run at the next step (checkpoint.CheckpointError, naming the last good
+  step). SIGTERM saves the current step and stops early.
 
   Args:
     config: the run's config.
@@ -271,14 +280,17 @@ def train(
       if step % cfg.checkpoint_every_steps == 0 or step == num_steps or preempted:
         if not all_finite(state.params):
           raise NonFiniteLossError(
-            f"Non-finite parameters at step {step}; not saving them. The last good "
-            f"checkpoint is step {manager.latest_step()} in {workdir}/checkpoints."
+            f"Non-finite parameters at step {step}; not saving them. "
+            f"{last_good_checkpoint(manager)}"
           )
         checkpoint.save(manager, step, state)
+      else:
+        checkpoint.check_saves(manager, step)  # An earlier asynchronous save may have failed.
       if preempted:
         logging.warning("%s: saved step %d and stopping; rerun to resume.", preemption.source, step)
         break
   manager.wait_until_finished()
+  checkpoint.check_saves(manager, int(state.step))
   return state, preempted
 
 
