@@ -4,6 +4,7 @@ import ml_collections
 
 from spnet_jax import paths
 from spnet_jax.data import pipeline
+from spnet_jax.errors import UserError
 from spnet_jax.models.conv_policy import ATROUS_CONVS, KERNEL_GRADS
 from spnet_jax.models.registry import BACKBONES, CLASSIFIERS, DTYPES, EMBEDDING_HEADS
 from spnet_jax.train import losses, optimizer
@@ -46,10 +47,10 @@ def _get(config: ml_collections.ConfigDict, field: str):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first invalid field (`config.<field>=<value>`) and why."""
+  """Raises UserError naming the first invalid field (`config.<field>=<value>`) and why."""
 
   def fail(field: str, why: str):
-    raise ValueError(f"Invalid config.{field}={_get(config, field)!r}: {why}")
+    raise UserError(f"Invalid config.{field}={_get(config, field)!r}: {why}")
 
   for field, choices in _CHOICES.items():
     if field in _ADDED_LATER and field.split(".")[-1] not in _get(config, field.rsplit(".", 1)[0]):

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import jax
 from absl import logging
 
+from spnet_jax.errors import UserError
+
 # What jax's SLURM detection reads (jax/_src/clusters/slurm_cluster.py). srun sets the STEP_ ones
 # for its tasks (Slurm's env_array_for_step); a batch shell has SLURM_JOB_ID and SLURM_NTASKS only.
 JAX_SLURM_VARIABLES = (
@@ -85,7 +87,7 @@ def initialize(
   except ValueError as error:
     if coordinator_address or "coordinator_address" not in str(error):
       raise
-    raise ValueError(
+    raise UserError(
       "--distributed: no cluster found (a TPU pod slice, a SLURM srun step or Open MPI). Run the "
       "command on every host of one, or pass --coordinator_address, --num_processes and "
       "--process_id."

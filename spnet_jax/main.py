@@ -2,20 +2,24 @@
 
   python -m spnet_jax.main --config configs/<experiment>.py --workdir <dir> [--config.<field>=V]
 
-Every field of the config file can be overridden on the command line, e.g.
-  --config.train.num_steps=500 --config.data.split=block --config.model.dtype=bfloat16
-(`--config.mode=evaluate` evaluates the workdir's checkpoint without training). Rerunning the
-same command resumes from the workdir's latest checkpoint.
+Any field of the config file can be overridden on the command line with --config.<field>=V, e.g.
+  --config.train.num_steps=100 --config.data.split=block --config.model.dtype=bfloat16
+  --config.model.msc_scales='(0.5, 0.75)'   (a tuple: quoted, or one flag per item)
+The config file (configs/*.py) lists its fields, a comment each; a field it lacks is an error
+that names the closest one. `--config.mode=evaluate` evaluates the workdir's checkpoint without
+training. Rerunning the same command resumes from the workdir's latest checkpoint. A mistake in
+a flag, field or file prints one line and exits with status 2 (--verbose: the traceback).
 """
 
 import logging as std_logging
+from collections.abc import Callable
 
 import jax
 from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from spnet_jax import cli, distributed, experiment, peer_watch, zsl
+from spnet_jax import cli, distributed, peer_watch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, summaries and results.json.")
@@ -53,6 +57,24 @@ class _QuietOrbax(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def checked_task(config) -> Callable:
+  """The config's train_and_evaluate, once the config passed its checks.
+
+  Imported here, not at the top: --help and flag mistakes answer before TensorFlow loads, and
+  an invalid field stops the run before any process or device starts.
+  """
+  cli.import_tensorflow_quietly()
+  if config.get("task") == "zsl_classification":
+    from spnet_jax.zsl import experiment as zsl_experiment
+
+    zsl_experiment.validate_config(config)
+    return zsl_experiment.train_and_evaluate
+  from spnet_jax import config_validation, experiment
+
+  config_validation.validate_config(config)
+  return experiment.train_and_evaluate
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -60,6 +82,7 @@ def main(argv):
     logging.get_absl_logger().addFilter(_QuietOrbax())
   if FLAGS.coordinator_address and (FLAGS.num_processes is None or FLAGS.process_id is None):
     raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+  train_and_evaluate = checked_task(FLAGS.config)
   distributed.initialize(
     FLAGS.coordinator_address,
     FLAGS.num_processes,
@@ -77,10 +100,7 @@ def main(argv):
   platform.work_unit().set_task_status(f"process_index: {jax.process_index()}")
   platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, FLAGS.workdir, "workdir")
   try:
-    if FLAGS.config.get("task") == "zsl_classification":
-      zsl.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-      experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except Exception as error:
     # Several processes stop together, naming the one that failed (one process: no-op).
     peer_watch.stop_after_error(error)

@@ -16,6 +16,8 @@ import os
 import numpy as np
 from etils import epath
 
+from spnet_jax.errors import UserError
+
 PathLike = str | os.PathLike
 
 
@@ -76,11 +78,11 @@ def read_json(path: PathLike, missing: str = ""):
     missing: appended to the error when the file does not exist, e.g. the command that writes it.
 
   Raises:
-    ValueError: `path` does not exist.
+    UserError: `path` does not exist.
   """
   target = as_path(path)
   if not target.exists():
-    raise ValueError(f"{path} does not exist" + (f": {missing}" if missing else "."))
+    raise UserError(f"{path} does not exist" + (f": {missing}" if missing else "."))
   return json.loads(read_text(target))
 
 

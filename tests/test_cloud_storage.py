@@ -248,7 +248,7 @@ def test_converted_checkpoints_and_pth_files(root):
   loaded, metadata = convert.load_converted(_join(root, "converted"))
   assert metadata == {"arch": "vgg16"}
   _assert_same_tree(loaded, variables)
-  with pytest.raises(FileNotFoundError, match="not a finished"):
+  with pytest.raises(UserError, match="not a finished"):
     convert.load_converted(_join(root, "nothing"))
   torch = pytest.importorskip("torch")
   buffer = io.BytesIO()

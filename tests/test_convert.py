@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_zlss
+from spnet_jax.errors import UserError
 from spnet_jax.interop import convert
 from spnet_jax.models import heads, msc
 from spnet_jax.models.registry import create_model
@@ -394,7 +395,7 @@ def test_save_and_load_round_trip(spnet_conversion, tmp_path):
   # Empty collections (a backbone without BatchNorm) survive too.
   convert.save_converted(directory, {"params": {}, "batch_stats": {}}, {"arch": "vgg16"})
   assert convert.load_converted(directory) == ({"params": {}, "batch_stats": {}}, {"arch": "vgg16"})
-  with pytest.raises(FileNotFoundError, match=r"metadata\.json does not exist"):
+  with pytest.raises(UserError, match=r"metadata\.json does not exist"):
     convert.load_converted(str(tmp_path / "nothing"))
 
 

@@ -238,6 +238,102 @@ def test_calibration_sweep_of_a_held_out_run_comes_from_the_gamma_file(tmp_path)
   assert figures.selection_sweep(workdir, figures.load_results(workdir)) == (None, "")
 
 
+def _drawn_figures(monkeypatch, plot, *args) -> list:
+  """(figure, renderer) of each figure that `plot(*args)` saves, drawn instead of written."""
+  drawn = []
+
+  def draw(path, figure, **_):
+    figure.canvas.draw()  # Before plot() closes it, which takes its Agg canvas away.
+    drawn.append((figure, figure.canvas.get_renderer()))
+
+  monkeypatch.setattr(figures.paths, "save_figure", draw)
+  plot(*args)
+  return drawn
+
+
+def _legends(figure) -> list:
+  return [*figure.legends, *(a.get_legend() for a in figure.axes if a.get_legend())]
+
+
+def _bar_boxes(figure, renderer) -> list:
+  """Window extents of the bars with a height (NaN bars are not drawn)."""
+  return [
+    patch.get_window_extent(renderer)
+    for axis in figure.axes
+    for container in axis.containers
+    for patch in container.patches
+    if np.isfinite(patch.get_height()) and patch.get_height() > 0
+  ]
+
+
+def _line_points(figure) -> np.ndarray:
+  """[N, 2] display coordinates along every data line, 20 points per segment."""
+  points = []
+  for axis in figure.axes:
+    for line in axis.get_lines():
+      xy = line.get_xydata()
+      if line.get_label().startswith("chosen gamma") or len(xy) < 2:
+        continue  # The vertical marker spans the whole height: nothing can avoid it.
+      steps = np.linspace(0, 1, 20)[:, None, None]
+      along = (xy[:-1] + steps * (xy[1:] - xy[:-1])).reshape(-1, 2)
+      along = along[np.all(np.isfinite(along), axis=1)]
+      points.append(line.get_transform().transform(along))
+  return np.concatenate(points) if points else np.zeros((0, 2))
+
+
+def _assert_legends_cover_no_data(figure, renderer) -> None:
+  legends = _legends(figure)
+  assert legends
+  points = _line_points(figure)
+  for legend in legends:
+    box = legend.get_window_extent(renderer)
+    assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1, "legend cut off"
+    assert figure.bbox.y0 <= box.y0 and box.y1 <= figure.bbox.y1, "legend cut off"
+    for bar in _bar_boxes(figure, renderer):
+      assert not box.overlaps(bar), (box, bar)
+    inside = (
+      (points[:, 0] > box.x0)
+      & (points[:, 0] < box.x1)
+      & (points[:, 1] > box.y0)
+      & (points[:, 1] < box.y1)
+    )
+    assert not inside.any(), points[inside][:3]
+
+
+def test_per_class_legend_covers_no_bar(monkeypatch):
+  # Bars near 100 % fill the top of the axes, where a legend inside them would sit.
+  names = ["blue-triangle", "yellow-annulus", "green-square", "red-disc", "no-image"]
+  series = {
+    "ZLSS (unseen classes only)": [1.0, 0.98, 1.0, 0.99, None],
+    "GZLSS, gamma 0": [0.52, 0.77, 0.83, 0.86, None],
+    "GZLSS, calibrated gamma 0.40": [0.67, 0.82, 0.87, 0.81, None],
+  }
+  bars = {"classes": names, "mean_object_size": [163.0, 256.0, 358.0, 372.0, None]}
+  bars.update(images=[5, 5, 5, 5, 0], series=series)
+  (drawn,) = _drawn_figures(monkeypatch, figures.plot_per_class, bars, "x.png", "title")
+  _assert_legends_cover_no_data(*drawn)
+
+
+def test_calibration_and_fewshot_legends_cover_no_line(monkeypatch):
+  curve = {
+    "gammas": GAMMAS,
+    "seen_miou": [0.9, 0.85, 0.6],
+    "unseen_miou": [0.2, 0.7, 0.9],
+    "harmonic": [0.33, 0.77, 0.72],
+  }
+  sweep = {k: [v * 0.95 for v in values] for k, values in curve.items()}
+  sweep["gammas"] = GAMMAS
+  label = "chosen on validation"
+  args = (curve, 0.5, sweep, label, "x.png", "title")
+  drawn = _drawn_figures(monkeypatch, figures.plot_calibration, *args)
+  for metric in figures.GFLSS_METRICS:
+    curves = figures.fewshot_curves(_suite_summary(), metric)
+    drawn += _drawn_figures(monkeypatch, figures.plot_fewshot, curves, metric, "x.png")
+  assert len(drawn) == 1 + len(figures.GFLSS_METRICS)
+  for figure, renderer in drawn:
+    _assert_legends_cover_no_data(figure, renderer)
+
+
 def test_missing_inputs_name_the_file_and_the_command_that_makes_it(tmp_path):
   with pytest.raises(ValueError, match=r"results\.json does not exist.*spnet_jax\.main"):
     figures.workdir_figures(str(tmp_path))

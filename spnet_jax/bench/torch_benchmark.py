@@ -13,6 +13,7 @@ import time
 import ml_collections
 import numpy as np
 
+from spnet_jax.errors import UserError
 from spnet_jax.interop import convert
 from spnet_jax.testing.random_state_dicts import aspp_state_dict, caffe_resnet101_state_dict
 
@@ -26,13 +27,13 @@ def _check_supported(config: ml_collections.ConfigDict) -> None:
     "aspp",
     "projection",
   ):
-    raise ValueError(
+    raise UserError(
       "The PyTorch side-by-side covers SPNet's ResNet-101 + ASPP + projection network; this "
       f"config has backbone={model.backbone!r}, embedding_head={model.embedding_head!r}, "
       f"classifier={model.classifier!r} (use configs/coco_zlss.py or configs/voc_zlss.py)."
     )
   if model.stride_in_3x3:
-    raise ValueError("--torch times the caffe layout: set config.model.stride_in_3x3=False.")
+    raise UserError("--torch times the caffe layout: set config.model.stride_in_3x3=False.")
 
 
 def random_state_dict(config: ml_collections.ConfigDict, embedding_dim: int) -> dict:

@@ -15,6 +15,8 @@ import dataclasses
 
 from absl import logging
 
+from spnet_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class BatchLayout:
@@ -51,7 +53,7 @@ def padded_batch_size(batch_size: int, devices: int, accumulation_steps: int = 1
   images, padded up to a multiple of the device count.
   """
   if batch_size % accumulation_steps:
-    raise ValueError(
+    raise UserError(
       f"train.batch_size={batch_size} must be divisible by "
       f"train.accumulation_steps={accumulation_steps} (micro-batches of one size)."
     )

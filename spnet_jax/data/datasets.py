@@ -10,6 +10,7 @@ from absl import logging
 from tensorflow_datasets.core import file_adapters
 
 from spnet_jax.data import records
+from spnet_jax.errors import UserError
 
 # config.data.name -> (module defining the TFDS builder, TFDS builder name). Modules are imported
 # on demand: importing one registers its builder with TFDS.
@@ -46,7 +47,7 @@ def prepare_command(name: str, directory: str) -> str:
 def create_builder(name: str, builder_config: str, directory: str) -> tfds.core.DatasetBuilder:
   """The TFDS builder of dataset `name` (prepared or not) in `directory`."""
   if name not in _BUILDERS:
-    raise ValueError(f"Unknown dataset config.data.name={name!r}; valid: {sorted(_BUILDERS)}.")
+    raise UserError(f"Unknown dataset config.data.name={name!r}; valid: {sorted(_BUILDERS)}.")
   module, tfds_name = _BUILDERS[name]
   importlib.import_module(module)
   return tfds.builder(f"{tfds_name}/{builder_config}", data_dir=directory)
@@ -58,7 +59,7 @@ def prepare(name: str, builder_config: str, directory: str, manual_dir: str = ""
   download_config = None
   if name in MANUAL_CONTENTS:
     if not manual_dir:
-      raise ValueError(
+      raise UserError(
         f"Preparing {name!r} needs --manual_dir: the folder holding {MANUAL_CONTENTS[name]} "
         "(README.md, section 'Datasets')."
       )
@@ -83,7 +84,7 @@ def convert_to_random_access(dataset_version_dir: str) -> None:
     for source in split.filepaths:
       name = source.name.replace(".tfrecord-", f".{records.RECORD_FORMAT}-")
       if name == source.name:
-        raise ValueError(f"{source} is not a TFRecord shard of {info.full_name}.")
+        raise UserError(f"{source} is not a TFRecord shard of {info.full_name}.")
       target = source.parent / name
       if target.exists():
         continue
@@ -108,7 +109,7 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   datasets are prepared by config.data.auto_prepare only when config.data.manual_dir is given.
 
   Raises:
-    ValueError: the dataset name is unknown, or the dataset is not prepared (the message gives
+    UserError: the dataset name is unknown, or the dataset is not prepared (the message gives
       the command that prepares it).
   """
   name = config.data.name
@@ -123,7 +124,7 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
       "Preparing %s (%s) in %s; this happens once.", name, builder.info.full_name, directory
     )
     return prepare(name, config.data.builder_config, directory, manual_dir)
-  raise ValueError(
+  raise UserError(
     f"Dataset {name!r} ({config.data.builder_config}) is not prepared in {directory}. "
     f"Prepare it with:\n  {prepare_command(name, directory)}\nor point config.data.data_dir at "
     "the folder that holds it (README.md, section 'Datasets')."

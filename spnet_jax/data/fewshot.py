@@ -27,6 +27,7 @@ from absl import logging
 from spnet_jax import paths
 from spnet_jax.data import batching, pipeline, safe_pickle, splits
 from spnet_jax.data import records as records_lib
+from spnet_jax.errors import UserError
 
 # SPNet's n-shot lists take images [i * 20 : i * 20 + n] of each class list for offset i, so the
 # pools of different offsets are disjoint for every n up to 20.
@@ -97,11 +98,11 @@ def load_class_image_lists(path: str) -> dict[int, list[str]]:
   """Reads lists written by save_class_image_lists.
 
   Raises:
-    ValueError: the file is not such a list file.
+    UserError: the file is not such a list file.
   """
   payload = paths.read_json(path)
   if not isinstance(payload, dict) or payload.get("format") != _LISTS_FORMAT:
-    raise ValueError(f"{path} is not a class image list file ({_LISTS_FORMAT}).")
+    raise UserError(f"{path} is not a class image list file ({_LISTS_FORMAT}).")
   return {int(c): [str(i) for i in ids] for c, ids in payload["lists"].items()}
 
 
@@ -137,18 +138,18 @@ def lists_from_spnet_pickle(pkl_path: str, train_ids_path: str) -> dict[int, lis
     {label value: image ids}.
 
   Raises:
-    ValueError: the pickle is not a dict, or a position falls outside train_ids.txt.
+    UserError: the pickle is not a dict, or a position falls outside train_ids.txt.
   """
   positions = safe_pickle.load_pickle(pkl_path)
   if not isinstance(positions, dict):
-    raise ValueError(f"{pkl_path}: expected a dict label -> positions, got {type(positions)}.")
+    raise UserError(f"{pkl_path}: expected a dict label -> positions, got {type(positions)}.")
   lines = paths.read_text(train_ids_path).splitlines()
   ids = [line.strip() for line in lines if line.strip()]
   lists = {}
   for label, where in positions.items():
     where = np.asarray(where, np.int64).reshape(-1)
     if where.size and (where.min() < 0 or where.max() >= len(ids)):
-      raise ValueError(
+      raise UserError(
         f"{pkl_path}: label {label} lists positions outside 0..{len(ids) - 1} of {train_ids_path}."
       )
     lists[int(label)] = [ids[i] for i in where]
@@ -245,14 +246,15 @@ def build_pool(
     The pool.
 
   Raises:
-    ValueError: n or offset out of range, or seen and novel classes overlap.
+    UserError: n or offset out of range.
+    ValueError: seen and novel classes overlap.
   """
   novel = tuple(split.unseen if novel_classes is None else novel_classes)
   seen = tuple(split.train_classes if seen_classes is None else seen_classes)
   if not 1 <= n <= OFFSET_STRIDE:
-    raise ValueError(f"Few-label n={n} must be in 1..{OFFSET_STRIDE} (SPNet's list stride).")
+    raise UserError(f"Few-label n={n} must be in 1..{OFFSET_STRIDE} (SPNet's list stride).")
   if offset < 0:
-    raise ValueError(f"Few-label offset={offset} must be >= 0.")
+    raise UserError(f"Few-label offset={offset} must be >= 0.")
   if set(seen) & set(novel) or len(set(seen + novel)) != len(seen + novel):
     raise ValueError(f"Seen {seen} and novel {novel} classes must be distinct.")
   tags = (SEEN_TAG, *novel)
@@ -317,7 +319,7 @@ def _load_pool_records(
     records[example["image_id"].decode()] = (example["image"], example["label"])
   missing = [i for i in image_ids if i not in records]
   if missing:
-    raise ValueError(
+    raise UserError(
       f"{len(missing)} few-label pool images are not in split {split_name!r} of "
       f"{builder.info.full_name} (first: {missing[:5]}): were the class lists built from it?"
     )
@@ -359,7 +361,7 @@ def create_fewshot_iterator(
     padding rows).
   """
   if not pool.entries:
-    raise ValueError("The few-label pool is empty: no class list had images for it.")
+    raise UserError("The few-label pool is empty: no class list had images for it.")
   image_ids = pool.image_ids
   records = _load_pool_records(builder, split_name or data_config.train_split, image_ids)
   slot = {image_id: i for i, image_id in enumerate(image_ids)}

@@ -18,6 +18,7 @@ from etils import epath
 from PIL import Image
 
 from spnet_jax.data import splits
+from spnet_jax.errors import UserError
 
 README_SECTION = "README.md, section 'Datasets'"
 # Problems listed one by one in an error message; the rest are counted.
@@ -27,7 +28,7 @@ _IMAGE_FORMATS = ("JPEG", "PNG")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class ManualDataError(ValueError):
+class ManualDataError(UserError):
   """The manual directory is missing or incomplete, or holds a file that cannot be used."""
 
 

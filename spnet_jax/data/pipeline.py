@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from spnet_jax.data import batching, splits
 from spnet_jax.data import records as records_lib
+from spnet_jax.errors import UserError
 
 # Caffe ImageNet mean in BGR order, what the caffe-derived DeepLab weights expect.
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
@@ -44,7 +45,7 @@ def normalize_image(image: tf.Tensor, mode: str) -> tf.Tensor:
     return image / 255.0
   if mode == "minus_one_one":
     return image / 127.5 - 1.0
-  raise ValueError(f"Unknown config.data.image_mode {mode!r}; valid: {IMAGE_MODES}.")
+  raise UserError(f"Unknown config.data.image_mode {mode!r}; valid: {IMAGE_MODES}.")
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -429,7 +430,7 @@ def create_eval_batches(
     yield _pad_batch(batch, local_batch_size)
     produced += 1
   if template is None:
-    raise ValueError(f"Evaluation split {split!r} has no images for process {jax.process_index()}.")
+    raise UserError(f"Evaluation split {split!r} has no images for process {jax.process_index()}.")
   for _ in range(num_batches - produced):
     yield _pad_batch({k: v[:0] for k, v in template.items()}, local_batch_size)
 

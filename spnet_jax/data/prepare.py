@@ -9,10 +9,12 @@ version as TFRecord files is converted in place (the ArrayRecord files are added
 python -m spnet_jax.data.prepare --convert --dataset_dir <data_dir>/<name>/<config>/<version>
 """
 
+import os
+
 from absl import flags, logging
 
-from spnet_jax import cli
-from spnet_jax.data import datasets
+from spnet_jax import cli, paths
+from spnet_jax.errors import UserError
 
 _DATASET = flags.DEFINE_string("dataset", "shapes", "Dataset to prepare (config.data.name).")
 _DATA_DIR = flags.DEFINE_string(
@@ -32,10 +34,17 @@ _DATASET_DIR = flags.DEFINE_string(
 
 def main(argv):
   del argv
+  # Imported here: --help and flag mistakes answer before TensorFlow loads.
+  cli.import_tensorflow_quietly()
+  from spnet_jax.data import datasets
+
   if _CONVERT.value:
     if not _DATASET_DIR.value:
-      raise flags.ValidationError(
-        "--convert needs --dataset_dir (the folder with dataset_info.json)."
+      raise UserError("--convert needs --dataset_dir (the folder with dataset_info.json).")
+    if not paths.exists(os.path.join(_DATASET_DIR.value, "dataset_info.json")):
+      raise UserError(
+        f"--dataset_dir={_DATASET_DIR.value} holds no dataset_info.json: pass the dataset "
+        "version folder, <data_dir>/<name>/<config>/<version>."
       )
     datasets.convert_to_random_access(_DATASET_DIR.value)
     print(f"Added ArrayRecord files to {_DATASET_DIR.value}")

@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from spnet_jax.errors import UserError
+
 RECORD_FORMAT = "array_record"
 READ_PARALLELISM = 4  # Concurrent record reads in a pipeline (latency-bound on cloud storage).
 
@@ -22,10 +24,10 @@ def convert_command(builder: tfds.core.DatasetBuilder) -> str:
 
 
 def check_random_access(builder: tfds.core.DatasetBuilder) -> None:
-  """Raises a ValueError with the conversion command if the dataset has no ArrayRecord files."""
+  """Raises a UserError with the conversion command if the dataset has no ArrayRecord files."""
   formats = {f.value for f in builder.info.available_file_formats()}
   if RECORD_FORMAT not in formats:
-    raise ValueError(
+    raise UserError(
       f"{builder.info.full_name} in {builder.data_dir} was prepared as {sorted(formats)} files; "
       f"spnet_jax reads ArrayRecord files (random access by index). Convert it once, in place, "
       f"with:\n  {convert_command(builder)}"

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from spnet_jax import paths
+from spnet_jax.errors import UserError
 
 try:  # numpy >= 2 keeps its internals in numpy._core; numpy 1.x in numpy.core.
   from numpy._core import multiarray as _multiarray
@@ -57,12 +58,12 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def _check_array(value: Any, path: str) -> None:
   if not isinstance(value, np.ndarray):
-    raise ValueError(
+    raise UserError(
       f"{path} holds a {type(value).__name__}; expected a numpy array or a dict or list of "
       "numpy arrays."
     )
   if value.dtype.hasobject:
-    raise ValueError(f"{path} holds an array of Python objects; expected numbers.")
+    raise UserError(f"{path} holds an array of Python objects; expected numbers.")
 
 
 def load_pickle(path: str) -> np.ndarray | dict[Any, np.ndarray] | list[np.ndarray]:
@@ -79,7 +80,7 @@ def load_pickle(path: str) -> np.ndarray | dict[Any, np.ndarray] | list[np.ndarr
 
   Raises:
     pickle.UnpicklingError: the pickle names a global other than the numpy array ones.
-    ValueError: the pickle holds something other than arrays.
+    UserError: the pickle holds something other than arrays.
   """
   # Read whole (SPNet's .pkl files are small): local or in a bucket alike.
   with io.BytesIO(paths.read_bytes(path)) as file:

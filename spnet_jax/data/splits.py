@@ -4,6 +4,8 @@ import dataclasses
 
 import numpy as np
 
+from spnet_jax.errors import UserError
+
 IGNORE_LABEL = 255
 
 SHAPE_COLOURS = ("red", "green", "blue", "yellow")
@@ -64,7 +66,7 @@ class ClassSplit:
     a calibration factor tuned on this split never sees the test classes.
     """
     if not self.val:
-      raise ValueError("This class split has no val classes to hold out for calibration.")
+      raise UserError("This class split has no val classes to hold out for calibration.")
     return ClassSplit(self.class_names, seen=self.seen, val=(), unseen=self.val)
 
   def excluding_val(self) -> "ClassSplit":
@@ -73,7 +75,7 @@ class ClassSplit:
     Training sees the seen classes only; evaluation still scores seen against unseen.
     """
     if not self.val:
-      raise ValueError("This class split has no val classes to exclude.")
+      raise UserError("This class split has no val classes to exclude.")
     return ClassSplit(self.class_names, seen=self.seen, val=(), unseen=self.unseen)
 
 
@@ -365,7 +367,7 @@ def get_split(dataset: str, split: str) -> ClassSplit:
   key = f"{dataset}/{split}"
   if key not in SPLITS:
     valid = sorted(SPLITS)
-    raise ValueError(
+    raise UserError(
       f"Unknown class split {key!r} (config.data.name / config.data.split); valid: {valid}."
     )
   return SPLITS[key]

@@ -7,6 +7,7 @@ import numpy as np
 
 from spnet_jax import paths
 from spnet_jax.data import safe_pickle, splits
+from spnet_jax.errors import UserError
 
 # 'files' reads config.embeddings.paths; 'npy' is its older name, kept as an alias.
 SOURCES = ("attributes", "files", "npy")
@@ -17,7 +18,7 @@ def l2_normalize(rows: np.ndarray) -> np.ndarray:
   """Rows scaled to unit length (an all-zero row is an error: it cannot be a class)."""
   norms = np.linalg.norm(rows, axis=-1, keepdims=True)
   if np.any(norms == 0):
-    raise ValueError(
+    raise UserError(
       f"Class embedding rows {np.flatnonzero(norms[:, 0] == 0).tolist()} are "
       "all zeros; every class needs a non-zero embedding."
     )
@@ -27,25 +28,25 @@ def l2_normalize(rows: np.ndarray) -> np.ndarray:
 def _existing(path: str) -> str:
   path = str(paths.as_path(path))
   if not paths.exists(path):
-    raise ValueError(f"Class embedding file {path} (config.embeddings.paths) does not exist.")
+    raise UserError(f"Class embedding file {path} (config.embeddings.paths) does not exist.")
   return path
 
 
 def _checked_matrix(matrix: np.ndarray, path: str, num_classes: int) -> np.ndarray:
   if matrix.ndim != 2:
-    raise ValueError(
+    raise UserError(
       f"Class embedding file {path} holds an array of shape {matrix.shape}; "
       "expected [num_classes, dim]."
     )
   if matrix.shape[0] != num_classes:
-    raise ValueError(
+    raise UserError(
       f"Class embedding file {path} has {matrix.shape[0]} rows but the dataset has "
       f"{num_classes} classes (one row per label value 0..{num_classes - 1} is needed)."
     )
   if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
-    raise ValueError(f"Class embedding file {path} holds {matrix.dtype} values; expected floats.")
+    raise UserError(f"Class embedding file {path} holds {matrix.dtype} values; expected floats.")
   if not np.all(np.isfinite(matrix)):
-    raise ValueError(f"Class embedding file {path} contains NaN or infinite values.")
+    raise UserError(f"Class embedding file {path} contains NaN or infinite values.")
   return matrix.astype(np.float64)
 
 
@@ -64,7 +65,7 @@ def load_pkl(path: str, num_classes: int) -> np.ndarray:
   path = _existing(path)
   value = safe_pickle.load_pickle(path)
   if not isinstance(value, np.ndarray):
-    raise ValueError(
+    raise UserError(
       f"Class embedding file {path} holds a {type(value).__name__} of arrays; expected one "
       "array [num_classes, dim]."
     )
@@ -78,7 +79,7 @@ def load_matrix(path: str, num_classes: int) -> np.ndarray:
     return load_npy(path, num_classes)
   if suffix == ".pkl":
     return load_pkl(path, num_classes)
-  raise ValueError(
+  raise UserError(
     f"Class embedding file {path} (config.embeddings.paths) has suffix {suffix!r}; valid: "
     f"{FILE_SUFFIXES}. Convert vocabulary files with `python -m spnet_jax.embeddings.word_vectors`."
   )
@@ -125,7 +126,7 @@ def load_class_embeddings(
   cfg = config.embeddings
   if cfg.source == "attributes":
     if config.data.name != "shapes":
-      raise ValueError(
+      raise UserError(
         "config.embeddings.source='attributes' exists only for the shapes "
         f"dataset, not {config.data.name!r}; use source='files'."
       )
@@ -133,12 +134,12 @@ def load_class_embeddings(
   elif cfg.source in ("files", "npy"):
     paths = [p.strip() for p in (cfg.paths or "").split(",") if p.strip()]
     if not paths:
-      raise ValueError(
+      raise UserError(
         f"config.embeddings.source={cfg.source!r} needs config.embeddings.paths: a "
         "comma-separated list of .npy or .pkl files, one row per class."
       )
     parts = [l2_normalize(load_matrix(p, split.num_classes)) for p in paths]
     matrix = np.concatenate(parts, axis=1)
   else:
-    raise ValueError(f"Unknown config.embeddings.source {cfg.source!r}; valid: {SOURCES}.")
+    raise UserError(f"Unknown config.embeddings.source {cfg.source!r}; valid: {SOURCES}.")
   return l2_normalize(matrix).astype(np.float32)

@@ -29,6 +29,7 @@ from absl import app, flags, logging
 
 from spnet_jax import cli, paths
 from spnet_jax.data import splits
+from spnet_jax.errors import UserError
 
 # Pieces of class names that are not words of the vocabularies (one token in the dataset's class
 # list, absent or rare as such in fastText crawl and GoogleNews): replaced by their words.
@@ -181,7 +182,7 @@ def read_fasttext(path: str, words: Iterable[str]) -> dict[str, np.ndarray]:
       if dim is None:
         dim = len(values)
       if len(values) != dim or dim == 0:
-        raise ValueError(
+        raise UserError(
           f"{path}, line {line_number}: {word.decode('utf-8', 'replace')!r} has "
           f"{len(values)} values where {dim} were expected; not a fastText .vec file?"
         )
@@ -269,7 +270,7 @@ def read_word2vec(
     header_line = reader.line(256)
     header = header_line.split()
     if len(header) != 2 or not all(token.isdigit() for token in header) or int(header[1]) == 0:
-      raise ValueError(
+      raise UserError(
         f"{path} does not start with a word2vec header line 'N D' (got {header_line[:40]!r})."
       )
     count, dim = int(header[0]), int(header[1])
@@ -277,7 +278,7 @@ def read_word2vec(
       try:
         word = reader.until_space()
       except ValueError as error:
-        raise ValueError(f"{path}, entry {index}: {error}; not a word2vec binary file?") from None
+        raise UserError(f"{path}, entry {index}: {error}; not a word2vec binary file?") from None
       keep, data = False, None
       if word is not None:
         # The newline that may end the previous entry.
@@ -285,7 +286,7 @@ def read_word2vec(
         keep = wanted.wants(word)
         data = reader.take(4 * dim, keep)
       if data is None:
-        raise ValueError(f"{path} ends after {index} of the {count} entries its header announces.")
+        raise UserError(f"{path} ends after {index} of the {count} entries its header announces.")
       if keep and wanted.add(word, np.frombuffer(data, dtype="<f4").astype(np.float32)):
         break
   _log_done(path, wanted, progress.close())
@@ -301,7 +302,7 @@ READERS: dict[str, Callable[[str, Iterable[str]], dict[str, np.ndarray]]] = {
 def get_reader(file_format: str) -> Callable[[str, Iterable[str]], dict[str, np.ndarray]]:
   """The reader of `file_format` ('fasttext' or 'word2vec')."""
   if file_format not in READERS:
-    raise ValueError(f"Unknown word-vector format {file_format!r}; valid: {sorted(READERS)}.")
+    raise UserError(f"Unknown word-vector format {file_format!r}; valid: {sorted(READERS)}.")
   return READERS[file_format]
 
 
@@ -319,7 +320,7 @@ def class_embedding_matrix(
     float64 [len(class_names), D] matrix with unit rows.
 
   Raises:
-    ValueError: listing every missing word with the classes that need it.
+    UserError: listing every missing word with the classes that need it.
   """
   missing: dict[str, list[str]] = {}
   rows = []
@@ -338,7 +339,7 @@ def class_embedding_matrix(
     listed = "; ".join(
       f"{word!r} (for {', '.join(map(repr, names))})" for word, names in missing.items()
     )
-    raise ValueError(
+    raise UserError(
       f"{len(missing)} word(s) missing from {source}: {listed}. Use a vocabulary that has them "
       "or add the class names to spnet_jax.embeddings.word_vectors.WORD_OVERRIDES."
     )
@@ -346,7 +347,7 @@ def class_embedding_matrix(
   norms = np.linalg.norm(matrix, axis=1, keepdims=True)
   zero = [class_names[i] for i in np.flatnonzero(norms[:, 0] == 0)]
   if zero:
-    raise ValueError(f"Classes {zero} have an all-zero mean word vector in {source}.")
+    raise UserError(f"Classes {zero} have an all-zero mean word vector in {source}.")
   return matrix / norms
 
 
@@ -363,7 +364,7 @@ def build_class_embeddings(path: str, file_format: str, class_names: Sequence[st
   """
   path = str(paths.as_path(path))
   if not paths.exists(path):
-    raise ValueError(f"Word-vector file {path} does not exist.")
+    raise UserError(f"Word-vector file {path} does not exist.")
   reader = get_reader(file_format)
   words = {word for name in class_names for word in class_name_words(name)}
   return class_embedding_matrix(class_names, reader(path, words), source=path)
@@ -384,7 +385,7 @@ def write_class_embeddings(
     The matrix written.
   """
   if dataset not in DATASET_CLASS_NAMES:
-    raise ValueError(f"Unknown dataset {dataset!r}; valid: {sorted(DATASET_CLASS_NAMES)}.")
+    raise UserError(f"Unknown dataset {dataset!r}; valid: {sorted(DATASET_CLASS_NAMES)}.")
   matrix = build_class_embeddings(input_path, file_format, DATASET_CLASS_NAMES[dataset])
   paths.save_array(output_path, matrix)
   return matrix

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from spnet_jax import paths
+from spnet_jax.errors import UserError
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_PLOT = "calibration.png"
@@ -55,7 +56,7 @@ def read_gamma(path: str) -> tuple[float, str]:
     "--config.data.hold_out_val_classes=True (it writes calibration.json in its workdir).",
   )
   if "best_gamma" not in record or "held_out_classes" not in record:
-    raise ValueError(f"{path} is not a calibration.json written by a held-out-classes run.")
+    raise UserError(f"{path} is not a calibration.json written by a held-out-classes run.")
   classes = ", ".join(record["held_out_classes"])
   return float(record["best_gamma"]), f"best H with the val classes held out ({classes}), {path}"
 
@@ -86,4 +87,4 @@ def gamma_grid(
     return [round(i * step, 6) for i in range(count + 1)]
   if kind == "log":
     return [0.0, *(float(f"{g:.4g}") for g in np.geomspace(minimum, maximum, points))]
-  raise ValueError(f"Unknown gamma grid {kind!r}; valid: {list(GRIDS)}.")
+  raise UserError(f"Unknown gamma grid {kind!r}; valid: {list(GRIDS)}.")

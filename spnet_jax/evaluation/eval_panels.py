@@ -35,17 +35,18 @@ def comparison_panel(
 ) -> np.ndarray:
   """image | ground truth | prediction side by side, then a legend of the classes shown.
 
-  Label values outside the class list (ignore, no prediction) are drawn black.
+  Truth and prediction are visualize.label_panel's: solid class colours, the legend's own.
+  Label values outside the class list (ignore, no prediction) show the image dimmed.
   """
-  separator = np.full((image.shape[0], 4, 3), 255, np.uint8)
+  separator = np.full((image.shape[0], visualize.GAP_WIDTH, 3), 255, np.uint8)
   shown = np.union1d(np.unique(label), np.unique(prediction))
   present = [int(c) for c in shown if 0 <= c < len(class_names)]
   parts = [
     image,
     separator,
-    visualize.overlay(image, label, class_names, legend=False),
+    visualize.label_panel(image, label, class_names),
     separator,
-    visualize.overlay(image, prediction, class_names, legend=False),
+    visualize.label_panel(image, prediction, class_names),
     visualize.legend_strip(present, class_names, image.shape[0]),
   ]
   return np.concatenate(parts, axis=1)

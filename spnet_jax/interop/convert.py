@@ -34,7 +34,6 @@ import dataclasses
 import io
 import json
 import re
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +46,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 
 from spnet_jax import cli, paths
+from spnet_jax.errors import UserError
 from spnet_jax.models import registry as models
 
 FORMATS = ("deeplab-pytorch", "spnet", "torchvision")
@@ -270,7 +270,7 @@ def _collect(
     used.
 
   Raises:
-    ValueError: listing every unknown key, or when two keys map to one variable.
+    UserError: listing every unknown key, or when two keys map to one variable.
   """
   state_dict, not_used = _unwrap(checkpoint)
   map_key = _map_torchvision_key if source_format == "torchvision" else _map_deeplab_key
@@ -286,11 +286,11 @@ def _collect(
     else:
       path = "/".join(target.path)
       if path in sources:
-        raise ValueError(f"{key!r} and {sources[path]!r} both map to {path}.")
+        raise UserError(f"{key!r} and {sources[path]!r} both map to {path}.")
       sources[path] = key
       targets[path] = (target, _to_numpy(value))
   if unknown:
-    raise ValueError(
+    raise UserError(
       f"{len(unknown)} {source_format} keys are unknown for {arch}: {unknown}."
       + _layout_hint(unknown, source_format)
     )
@@ -330,7 +330,7 @@ def _resolve_head(
     num_classes = num_classes or classes_in_file
   if num_classes is None:
     if classifier != "projection":
-      raise ValueError(
+      raise UserError(
         f"The {classifier!r} classifier needs --num_classes (the file does not tell it)."
       )
     num_classes = 1  # The projection scores the embeddings it is given, not a fixed list.
@@ -365,15 +365,15 @@ def convert_state_dict(
     numpy arrays holding only the converted leaves; metadata as written to metadata.json.
 
   Raises:
-    ValueError: unknown keys (all listed), shape mismatches (torch key, flax path, both shapes),
+    UserError: unknown keys (all listed), shape mismatches (torch key, flax path, both shapes),
       backbone variables with no source (all listed), or a head only partly present.
   """
   if source_format not in FORMATS:
-    raise ValueError(f"Unknown source format {source_format!r}; valid: {FORMATS}.")
+    raise UserError(f"Unknown source format {source_format!r}; valid: {FORMATS}.")
   if arch not in ARCHS:
-    raise ValueError(f"Unknown arch {arch!r}; valid: {ARCHS}.")
+    raise UserError(f"Unknown arch {arch!r}; valid: {ARCHS}.")
   if classifier is not None and classifier not in models.CLASSIFIERS:
-    raise ValueError(f"Unknown classifier {classifier!r}; valid: {models.CLASSIFIERS}.")
+    raise UserError(f"Unknown classifier {classifier!r}; valid: {models.CLASSIFIERS}.")
   targets, sources, not_used = _collect(state_dict, source_format, arch)
   classifier, embedding_dim, num_classes = _resolve_head(
     targets, arch, classifier, embedding_dim, num_classes
@@ -384,7 +384,7 @@ def convert_state_dict(
 
   no_place = [sources[path] for path in targets if path not in expected]
   if no_place:
-    raise ValueError(
+    raise UserError(
       f"{len(no_place)} keys have no variable in the {arch} model with the {classifier!r} "
       f"classifier (ASPP rates {ASPP_RATES}): {no_place}."
     )
@@ -400,12 +400,12 @@ def convert_state_dict(
       )
     converted[path] = np.ascontiguousarray(laid_out, dtype=np.float32)
   if mismatches:
-    raise ValueError(f"{len(mismatches)} shape mismatches: " + "; ".join(mismatches) + ".")
+    raise UserError(f"{len(mismatches)} shape mismatches: " + "; ".join(mismatches) + ".")
 
   fresh = sorted(set(expected) - set(converted))
   missing_backbone = [p for p in fresh if p.split("/")[1] == "backbone"]
   if missing_backbone:
-    raise ValueError(
+    raise UserError(
       f"The {source_format} file lacks {len(missing_backbone)} backbone variables of {arch}: "
       f"{missing_backbone}."
     )
@@ -415,7 +415,7 @@ def convert_state_dict(
   }
   partial = [p for p in fresh if head_given.get(p.split("/")[1], False)]
   if partial:
-    raise ValueError(f"The file has part of a head only; missing: {partial}.")
+    raise UserError(f"The file has part of a head only; missing: {partial}.")
 
   has_head = head_given["embedding_head"] or head_given["classifier"]
   metadata = {
@@ -505,7 +505,7 @@ def load_converted(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
   directory = paths.absolute(directory)
   metadata_path = directory / METADATA_FILE
   if not metadata_path.exists():
-    raise FileNotFoundError(
+    raise UserError(
       f"{metadata_path} does not exist: {directory} is not a finished `python -m "
       "spnet_jax.interop.convert` output."
     )
@@ -562,8 +562,8 @@ def main(argv: list[str]) -> None:
       num_classes=FLAGS.num_classes,
       source_file=str(paths.absolute(FLAGS.input)),
     )
-  except (ImportError, ValueError) as error:
-    sys.exit(f"convert: {error}")
+  except (ImportError, ValueError) as error:  # No torch, or a file that is not such a checkpoint.
+    raise UserError(f"convert: {error}") from error
   save_converted(FLAGS.output, variables, metadata)
   count = len(jax.tree.leaves(variables))
   print(f"Converted {count} tensors of {FLAGS.input} ({FLAGS.format}, {FLAGS.arch}).")

@@ -11,6 +11,8 @@ import numpy as np
 import optax
 from absl import logging
 
+from spnet_jax.errors import UserError
+
 
 def expected_fields(metadata: dict) -> dict[str, object]:
   """Config fields (as 'section.name') whose values the converted weights require."""
@@ -37,13 +39,13 @@ def expected_fields(metadata: dict) -> dict[str, object]:
 
 
 def check_compatible(metadata: dict, config: ml_collections.ConfigDict, path: str) -> None:
-  """Raises ValueError when the converted weights do not fit config.model / config.data."""
+  """Raises UserError when the converted weights do not fit config.model / config.data."""
   for field, theirs in expected_fields(metadata).items():
     section, name = field.split(".")
     ours = config[section][name]
     ours = tuple(ours) if isinstance(ours, list | tuple) else ours
     if theirs != ours:
-      raise ValueError(
+      raise UserError(
         f"{path} was converted for {field}={theirs!r} but the config has config.{field}="
         f"{ours!r}. Set --config.{field}={theirs!r} (the weights were trained with that "
         "convention and architecture)."
@@ -62,20 +64,20 @@ def merge_variables(target: dict, source: dict, path: str) -> tuple[dict, list[s
     The merged variables and the names of target leaves that stay freshly initialised.
 
   Raises:
-    ValueError: `source` has leaves the model lacks, or a leaf of another shape.
+    UserError: `source` has leaves the model lacks, or a leaf of another shape.
   """
   flat_target = flax.traverse_util.flatten_dict(target, sep="/")
   flat_source = flax.traverse_util.flatten_dict(source, sep="/")
   unknown = sorted(set(flat_source) - set(flat_target))
   if unknown:
-    raise ValueError(f"{path} has variables the model lacks: {unknown}.")
+    raise UserError(f"{path} has variables the model lacks: {unknown}.")
   mismatched = [
     f"{name}: checkpoint {tuple(np.shape(value))} vs model {tuple(flat_target[name].shape)}"
     for name, value in flat_source.items()
     if tuple(np.shape(value)) != tuple(flat_target[name].shape)
   ]
   if mismatched:
-    raise ValueError(f"{path} does not fit the model: {mismatched}.")
+    raise UserError(f"{path} does not fit the model: {mismatched}.")
   fresh = sorted(set(flat_target) - set(flat_source))
   merged = {
     name: np.asarray(flat_source[name], flat_target[name].dtype) if name in flat_source else leaf

@@ -16,7 +16,12 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from spnet_jax import cli, experiment, paths
+from spnet_jax import cli
+
+# Before the modules below load TensorFlow: without its start-up notices (cli.py).
+cli.import_tensorflow_quietly()
+
+from spnet_jax import experiment, paths
 from spnet_jax import workdir as workdir_lib
 from spnet_jax.data import splits
 from spnet_jax.evaluation import metrics
@@ -196,7 +201,8 @@ def plot_per_class(bars: dict, path: str, title: str) -> None:
   classes = bars["classes"]
   positions = np.arange(len(classes))
   width = 0.8 / len(bars["series"])
-  figure, axis = plt.subplots(figsize=(max(5.0, 0.9 * len(classes) + 2), 4))
+  # 2.6 inches more for the legend beside the axes: inside them it would hide the tallest bars.
+  figure, axis = plt.subplots(figsize=(max(5.0, 0.9 * len(classes) + 2) + 2.6, 4))
   for i, (label, values) in enumerate(bars["series"].items()):
     heights = [100 * _nan(v) for v in values]
     axis.bar(positions + (i - (len(bars["series"]) - 1) / 2) * width, heights, width, label=label)
@@ -209,7 +215,7 @@ def plot_per_class(bars: dict, path: str, title: str) -> None:
   axis.set_ylabel("IoU (%)")
   axis.set_ylim(0, 100)
   axis.set_title(title)
-  axis.legend(fontsize="small", loc="upper left")
+  axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
   figure.tight_layout()
   paths.save_figure(path, figure)
   plt.close(figure)
@@ -246,7 +252,9 @@ def plot_calibration(
 def plot_fewshot(curves: dict, gflss_metric: str, path: str) -> None:
   """Two panels against n: FLSS unseen mIoU and GFLSS (`gflss_metric`), a line per method."""
   plt = _pyplot()
-  figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+  # One legend for both panels (their methods and colours are the same), below them, where
+  # it covers no line.
+  figure, axes = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
   labels = {
     "flss": ("(a) FLSS", "unseen mIoU (%)"),
     "gflss": ("(b) GFLSS", f"{GFLSS_METRICS[gflss_metric]} (%)"),
@@ -259,8 +267,8 @@ def plot_fewshot(curves: dict, gflss_metric: str, path: str) -> None:
     axis.set_ylabel(ylabel)
     axis.set_ylim(bottom=0)
     axis.set_title(f"{title}, test split, median over seeds")
-    axis.legend(fontsize="small")
-  figure.tight_layout()
+  handles, labels = axes[0].get_legend_handles_labels()
+  figure.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small")
   paths.save_figure(path, figure)
   plt.close(figure)
 

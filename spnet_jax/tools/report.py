@@ -5,11 +5,11 @@ The tables of the whole results suite (spnet_jax.tools.suite) come from `suite_s
 """
 
 import os
-import sys
 
 import numpy as np
 
-from spnet_jax import paths
+from spnet_jax import cli, paths
+from spnet_jax.errors import UserError
 
 COLUMNS = (
   ("ZLSS unseen", ("zlss", "unseen_miou")),
@@ -57,9 +57,15 @@ def markdown_table(workdirs: list[str]) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if not argv or argv[0].split("=")[0] in ("--help", "-h", "-help", "-?"):
-    print(__doc__)
-    raise SystemExit(0 if argv else 2)
+  """argv: the workdirs (cli.run_without_flags answers --help and takes out --verbose)."""
+  if not argv:
+    raise UserError(
+      "Name the run folders to summarise, e.g. `python -m spnet_jax.tools.report "
+      "workdirs/seed0 workdirs/seed1` (--help: usage)."
+    )
+  options = [arg for arg in argv if arg.startswith("-")]
+  if options:
+    raise UserError(f"Unknown flags {options}: the arguments are run folders (--help: usage).")
   print(markdown_table(argv))
 
 
@@ -218,7 +224,7 @@ def write_suite_report(root: str, summary: dict) -> str:
 
 def run() -> None:
   """The `spnet-report` command (also `python -m` of this module)."""
-  main(sys.argv[1:])
+  cli.run_without_flags(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import ml_collections
 from absl import app, flags, logging
 
 from spnet_jax import cli, experiment, paths
+from spnet_jax.errors import UserError
 from spnet_jax.tools import report
 
 flags.DEFINE_string("workdir_root", None, "Folder that receives one workdir per run.")
@@ -142,13 +143,22 @@ def run_suite(root: str, seeds: Sequence[int], shots: Sequence[int], overrides: 
         raise SystemExit(f"Preempted during {workdir}: rerun the same command to continue.")
 
 
+def _integers(flag: str, values: Sequence[str]) -> list[int]:
+  try:
+    return [int(value) for value in values]
+  except ValueError:
+    raise UserError(
+      f"--{flag}={','.join(values)}: expected integers separated by commas, e.g. 0,1,2."
+    ) from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir_root:
     raise app.UsageError("--workdir_root is required.")
-  seeds = [int(s) for s in FLAGS.seeds]
-  shots = [int(n) for n in FLAGS.shots]
+  seeds = _integers("seeds", FLAGS.seeds)
+  shots = _integers("shots", FLAGS.shots)
   if not FLAGS.report_only:
     run_suite(FLAGS.workdir_root, seeds, shots, parse_overrides(FLAGS.set))
   summary = report.suite_summary(FLAGS.workdir_root, seeds, shots)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -249,9 +249,6 @@ def train(
   class_embeddings = jax.device_put(class_embeddings, replicated)
   rng = jax.device_put(jax.random.key_data(jax.random.key(config.seed + 1)), replicated)
   rng = jax.random.wrap_key_data(rng)
-  report = periodic_actions.ReportProgress(
-    num_train_steps=num_steps, writer=writer, every_secs=cfg.log_every_secs
-  )
   schedule = optim.create_learning_rate_schedule(config.optimizer, num_steps)
   logging.info(
     "Training steps %d..%d, global batch %d (%d rows with any padding: %d per process, %d per "
@@ -274,7 +271,6 @@ def train(
     for step in range(start_step + 1, num_steps + 1):
       batch = first_batch if step == start_step + 1 else next(device_batches)
       state, metrics = compiled_step(state, batch, class_embeddings, rng)
-      report(step, time.time())
       log.add(step, metrics)
       preempted = preemption.should_stop(step)
       if step % cfg.checkpoint_every_steps == 0 or step == num_steps or preempted:

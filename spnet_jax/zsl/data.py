@@ -16,6 +16,7 @@ import numpy as np
 import scipy.io
 
 from spnet_jax import paths
+from spnet_jax.errors import UserError
 
 FEATURES_FILE = "res101.mat"
 SPLITS_FILE = "att_splits.mat"
@@ -89,7 +90,7 @@ def load_dataset(data_path: str, name: str) -> ZslDataset:
     The dataset, 0-based.
 
   Raises:
-    ValueError: a file or key is missing, shapes disagree, an index is out of range, or the
+    UserError: a file or key is missing, shapes disagree, an index is out of range, or the
       seen (trainval) and unseen (test_unseen) classes overlap.
   """
   directory = dataset_dir(data_path, name)
@@ -102,7 +103,7 @@ def load_dataset(data_path: str, name: str) -> ZslDataset:
   num_images = labels.size
   features = np.asarray(res["features"], np.float32)
   if features.ndim != 2 or num_images not in features.shape:
-    raise ValueError(
+    raise UserError(
       f"{features_path}: 'features' has shape {features.shape} but 'labels' has {num_images} "
       "entries; expected [feature_dim, N] (one column per image) as in xlsa17."
     )
@@ -113,11 +114,11 @@ def load_dataset(data_path: str, name: str) -> ZslDataset:
 
   attributes = np.asarray(att["att"], np.float32)
   if attributes.ndim != 2:
-    raise ValueError(f"{splits_path}: 'att' must be a [d, C] matrix, got shape {attributes.shape}.")
+    raise UserError(f"{splits_path}: 'att' must be a [d, C] matrix, got shape {attributes.shape}.")
   attributes = np.ascontiguousarray(attributes.T)
   num_classes = attributes.shape[0]
   if labels.min() < 1 or labels.max() > num_classes:
-    raise ValueError(
+    raise UserError(
       f"{features_path}: 'labels' must be 1-based class indices in [1, {num_classes}] (the "
       f"columns of 'att' in {splits_path}); found [{labels.min()}, {labels.max()}]."
     )
@@ -128,7 +129,7 @@ def load_dataset(data_path: str, name: str) -> ZslDataset:
     loc = np.asarray(att[key]).reshape(-1).astype(np.int64)
     if loc.size == 0 or loc.min() < 1 or loc.max() > num_images:
       found = f"[{loc.min()}, {loc.max()}]" if loc.size else "no entries"
-      raise ValueError(
+      raise UserError(
         f"{splits_path}: '{key}' must hold 1-based image indices in [1, {num_images}] (the "
         f"images of {features_path}); found {found}."
       )
@@ -148,7 +149,7 @@ def load_dataset(data_path: str, name: str) -> ZslDataset:
 
 def _load_mat(path: str, keys: tuple[str, ...], name: str, data_path: str) -> dict:
   if not paths.exists(path):
-    raise ValueError(
+    raise UserError(
       f"Missing {path}: expected the xlsa17 file {os.path.basename(path)} of dataset {name!r} "
       f"in {dataset_dir(data_path, name)}. Set --config.data.path to the unpacked xlsa17 'data' "
       "folder (holding CUB/, SUN/, AWA1/, AWA2/) and --config.data.name to one of them."
@@ -158,7 +159,7 @@ def _load_mat(path: str, keys: tuple[str, ...], name: str, data_path: str) -> di
   missing = [k for k in keys if k not in contents]
   if missing:
     present = sorted(k for k in contents if not k.startswith("__"))
-    raise ValueError(
+    raise UserError(
       f"{path} lacks the key(s) {missing} (it holds {present}); expected the xlsa17 "
       f"{os.path.basename(path)} with keys {list(keys)}."
     )
@@ -182,7 +183,7 @@ def _check_splits(dataset: ZslDataset, splits_path: str) -> None:
     common = np.intersect1d(dataset.classes_of(a), dataset.classes_of(b))
     if common.size:
       shown = [dataset.class_names[c] for c in common[:5]]
-      raise ValueError(
+      raise UserError(
         f"{splits_path}: the classes of '{a}' and '{b}' must be disjoint ({what}), but "
         f"{common.size} are in both, e.g. {shown}. Use the unmodified xlsa17 att_splits.mat."
       )
@@ -191,13 +192,13 @@ def _check_splits(dataset: ZslDataset, splits_path: str) -> None:
   overlap("train_loc", "val_loc", "the val classes play the unseen classes in calibration")
   stray = np.setdiff1d(dataset.classes_of("test_seen_loc"), dataset.seen_classes)
   if stray.size:
-    raise ValueError(
+    raise UserError(
       f"{splits_path}: 'test_seen_loc' has images of {stray.size} class(es) that 'trainval_loc' "
       f"never shows (e.g. {dataset.class_names[stray[0]]!r}); test_seen must hold seen classes."
     )
   leaked = np.intersect1d(dataset.locs["trainval_loc"], dataset.locs["test_seen_loc"])
   if leaked.size:
-    raise ValueError(
+    raise UserError(
       f"{splits_path}: {leaked.size} image(s) are in both 'trainval_loc' and 'test_seen_loc' "
       "(test images must not be trained on)."
     )

@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from spnet_jax import paths
 from spnet_jax import workdir as workdir_lib
+from spnet_jax.errors import UserError
 from spnet_jax.evaluation import calibrated_prediction
 from spnet_jax.evaluation import calibration as calibration_lib
 from spnet_jax.zsl import data, model
@@ -32,10 +32,10 @@ PAPER_COLUMN = {"CUB": "CUB", "SUN": "SUN", "AWA1": "AWA", "AWA2": "AWA"}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first invalid field (`config.<field>=<value>`) and why."""
+  """Raises UserError naming the first invalid field (`config.<field>=<value>`) and why."""
 
   def fail(field: str, value, why: str):
-    raise ValueError(f"Invalid config.{field}={value!r}: {why}")
+    raise UserError(f"Invalid config.{field}={value!r}: {why}")
 
   if not config.data.path:
     fail(
@@ -200,7 +200,7 @@ def calibrate(
   pool = np.setdiff1d(locs["train_loc"], test_images)
   val_unseen = np.setdiff1d(locs["val_loc"], test_images)
   if pool.size == 0 or val_unseen.size == 0:
-    raise ValueError(
+    raise UserError(
       f"{dataset.name}: once test images are left out, 'train_loc' keeps {pool.size} and "
       f"'val_loc' {val_unseen.size} images, too few to calibrate; set "
       "--config.calibration.mode=fixed --config.calibration.gamma=<value>."
@@ -249,12 +249,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   attributes = dataset.attributes
   if config.data.normalize_attributes:
     attributes = model.normalize_attributes(attributes)
-  lead = jax.process_index() == 0
-  paths.makedirs(workdir)
-  if lead:
-    workdir_lib.write_config(workdir, config)
-  writer = workdir_lib.create_writer(workdir)
+  # A workdir holds one run: a rerun that changes its training stops before touching a file.
+  with workdir_lib.claim(workdir, config) as overrides:
+    writer = workdir_lib.create_writer(workdir)
+    try:
+      return _run(config, workdir, dataset, attributes, writer, overrides)
+    finally:
+      writer.close()
 
+
+def _run(config, workdir: str, dataset, attributes, writer, overrides: dict) -> dict:
+  """train_and_evaluate on a claimed workdir."""
   calibration = calibrate(config, dataset, attributes, writer)
   locs = dataset.locs
   final = train_model(config, dataset, attributes, locs["trainval_loc"], "train_loss", writer)
@@ -301,13 +306,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     },
     "train": {"epochs": config.train.epochs, "final_loss": final.history[-1]},
     "paper": paper_numbers(dataset.name),
+    # Evaluation-only fields this command changed from the run's config.json.
+    "config_overrides": overrides,
   }
-  if lead:
+  if jax.process_index() == 0:
     path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
     workdir_lib.write_json(path, results)
     print(format_report(results), flush=True)
     print(f"Wrote {path}", flush=True)
-  writer.close()
   return results
 
 
