@@ -345,14 +345,25 @@ def test_bucket_workdir_resumes_after_kill_9_and_serves_evaluate_predict_figures
 ):
   env = {**subprocess_env(), **gcs}
   workdir = f"gs://{gcs_emulator.BUCKET}/run"
+  # Class embeddings from an .npy file (the shapes attribute vectors), in the bucket for the
+  # bucket run and on local disk for the reference run.
+  config = tiny_config(shapes_data_dir)
+  matrix = class_embeddings.attribute_embeddings(
+    SHAPES.class_names, config.embeddings.extra_dim, config.embeddings.seed
+  )
+  local_npy, bucket_npy = str(tmp_path / "attributes.npy"), f"gs://{gcs_emulator.BUCKET}/a.npy"
+  np.save(local_npy, matrix)
+  paths.save_array(bucket_npy, matrix)
+  embeddings = lambda npy: ("--config.embeddings.source=files", f"--config.embeddings.paths={npy}")
   reference = str(tmp_path / "reference")
-  _run(_command(reference, shapes_data_dir), subprocess_env())
+  _run(_command(reference, shapes_data_dir, *embeddings(local_npy)), subprocess_env())
   # The dataset in the bucket too, as a user copies a prepared TFDS folder there.
   data_dir = f"gs://{gcs_emulator.BUCKET}/tfds"
   _upload_tree(shapes_data_dir, data_dir)
+  run_command = _command(workdir, data_dir, *embeddings(bucket_npy))
 
   process = subprocess.Popen(
-    _command(workdir, data_dir),
+    run_command,
     cwd=ROOT,
     env=env,
     stdout=subprocess.DEVNULL,
@@ -366,7 +377,7 @@ def test_bucket_workdir_resumes_after_kill_9_and_serves_evaluate_predict_figures
       break
   process.wait(timeout=60)
   assert process.returncode == -signal.SIGKILL
-  rerun = _run(_command(workdir, data_dir), env)
+  rerun = _run(run_command, env)
   assert re.search(r"Restored checkpoint step (4|8) from gs://bucket/run/checkpoints", rerun.stderr)
   _assert_same_tree(_params(workdir, 12), _params(reference, 12))
   results = paths.read_json(_join(workdir, "results.json"))
@@ -375,23 +386,12 @@ def test_bucket_workdir_resumes_after_kill_9_and_serves_evaluate_predict_figures
   # The rerun's events (the killed run's came before its first copy, EVENTS_COPY_SECS).
   assert any(12 in _scalars(str(p), tmp_path) for p in events)
 
-  # Evaluation with class embeddings and a gamma file from the bucket: the shapes attribute
-  # vectors as an .npy file are the embeddings the run trained with.
-  config = tiny_config(shapes_data_dir)
-  matrix = class_embeddings.attribute_embeddings(
-    SHAPES.class_names, config.embeddings.extra_dim, config.embeddings.seed
-  )
-  paths.save_array(f"gs://{gcs_emulator.BUCKET}/attributes.npy", matrix)
+  # Evaluation with a gamma file from the bucket (the embeddings come from there too).
   sweep = {"gammas": [0.0, 0.5], "seen_miou": [0.5, 0.4], "unseen_miou": [0.1, 0.3]}
   sweep.update(harmonic=[0.17, 0.34], best_gamma=0.5)
   gamma_file = calibration.write_sweep(f"gs://{gcs_emulator.BUCKET}/held_out", sweep, ["x"], 1)
-  overrides = (
-    "--config.mode=evaluate",
-    "--config.embeddings.source=files",
-    f"--config.embeddings.paths=gs://{gcs_emulator.BUCKET}/attributes.npy",
-    f"--config.eval.gamma_file={gamma_file}",
-  )
-  evaluated = _run(_command(workdir, data_dir, *overrides), env)
+  overrides = ("--config.mode=evaluate", f"--config.eval.gamma_file={gamma_file}")
+  evaluated = _run([*run_command, *overrides], env)
   assert "Restored checkpoint step 12 " in evaluated.stderr
   again = paths.read_json(_join(workdir, "results.json"))
   assert again["test"]["zlss"] == results["test"]["zlss"]

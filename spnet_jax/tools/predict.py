@@ -744,7 +744,11 @@ def main(argv) -> int:
   )
   options = (FLAGS.gamma, FLAGS.batch_size, FLAGS.overlay_scale, FLAGS.max_side)
   written = sum(1 for _ in predict_images(predictor, files, FLAGS.output_dir, *options))
-  _log(f"Wrote {FLAGS.output_dir}/<name>_labels.png and <name>_overlay.png, classes.txt")
+  if written:  # The summary above already says when none could be read.
+    _log(
+      f"Wrote {written} x <name>_labels.png and <name>_overlay.png, and classes.txt, to "
+      f"{FLAGS.output_dir}"
+    )
   return 0 if written == len(files) else 1
 
 
